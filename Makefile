@@ -1,0 +1,39 @@
+# portcullis: the two commands a user needs are `make demo` and `make test`.
+# Every target first runs scripts/setup.sh, which installs what is missing
+# (Debian packages, npm packages) and does nothing when all is there.
+
+SHELL := /bin/bash
+SUITE ?=
+NODE := node
+TSX := $(NODE) --import=tsx
+DEMO_PACKETS ?= 1000000
+
+.PHONY: all setup build typecheck demo test bench clean
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+# TypeScript to dist/ (the CLI runs from there).
+build: setup
+	@node_modules/.bin/tsc -p tsconfig.build.json
+
+typecheck: setup
+	@node_modules/.bin/tsc --noEmit -p tsconfig.json
+
+# Until the live appliance lands, the demo replays the shared captures and a
+# generated capture of $(DEMO_PACKETS) packets through the parser and the flow table.
+demo: build
+	@scripts/demo.sh $(DEMO_PACKETS)
+
+# Type-check, then every test; ends with the line `N passed, N failed`.
+test: build typecheck
+	@scripts/test.sh
+
+# `make bench` runs every suite, `make bench SUITE=parse` one.
+bench: build
+	@$(NODE) --expose-gc --import=tsx bench/run.ts $(SUITE)
+
+clean:
+	rm -rf dist .tap bench/results/*.json bench/c/*.bin bench/.cache
