@@ -1,0 +1,23 @@
+// `make bench [SUITE=name]`: runs each suite in its own process (so one
+// suite's heap and JIT state does not colour the next) with --expose-gc.
+
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { BENCH_DIR } from './common.js';
+
+const SUITES = ['parse', 'flow', 'replay'];
+const want = process.argv.slice(2).filter(Boolean);
+const run = want.length ? want : SUITES;
+let failed = 0;
+for (const s of run) {
+  const file = path.join(BENCH_DIR, `${s}.ts`);
+  if (!fs.existsSync(file)) {
+    console.error(`bench: no suite '${s}' (have: ${SUITES.join(', ')})`);
+    failed++;
+    continue;
+  }
+  const r = spawnSync(process.execPath, ['--expose-gc', '--import=tsx', file], { stdio: 'inherit' });
+  if (r.status !== 0) failed++;
+}
+process.exitCode = failed ? 1 : 0;
