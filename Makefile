@@ -15,9 +15,16 @@ all: build
 setup:
 	@scripts/setup.sh
 
-# TypeScript to dist/ (the CLI runs from there).
-build: setup
+NATIVE := native/build/Release/portcullis.node
+NATIVE_SRC := $(wildcard native/src/*.cc native/src/*.h) native/binding.gyp
+
+# TypeScript to dist/ (the CLI runs from there) and the N-API addon.
+build: setup $(NATIVE)
 	@node_modules/.bin/tsc -p tsconfig.build.json
+
+# node-gyp run directly must be told where Node's headers are (/usr/include/node).
+$(NATIVE): $(NATIVE_SRC)
+	@cd native && ../node_modules/.bin/node-gyp rebuild --nodedir=/usr --silent
 
 typecheck: setup
 	@node_modules/.bin/tsc --noEmit -p tsconfig.json
@@ -36,4 +43,4 @@ bench: build
 	@$(NODE) --expose-gc --import=tsx bench/run.ts $(SUITE)
 
 clean:
-	rm -rf dist .tap bench/results/*.json bench/c/*.bin bench/.cache
+	rm -rf dist .tap native/build bench/results/*.json bench/c/*.bin bench/.cache
