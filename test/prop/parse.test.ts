@@ -109,3 +109,51 @@ t.test('a truncated fixture keeps the fields parsed before the cut', async (t) =
     t.equal(meta.vlanId[0], full.vlanId[0], `${fx.name}: vlanId survives`);
   }
 });
+
+// parseBatch has a fast loop for the common shapes and hands everything else
+// to the general path (parsePacket's code). Both must give the same Meta, and
+// the fast loop must not read past capLen either: every truncation and random
+// mutation of every fixture, packed into batches between poison bytes, is
+// parsed by parseBatch and compared with parsePacket on a clean copy.
+t.test('parseBatch equals parsePacket on every truncation and on mutated fixtures, poison after capLen', async (t) => {
+  const { Batch } = await import('../../src/io/batch.js');
+  const { parseBatch } = await import('../../src/wire/parse.js');
+  const cases: { bytes: Buffer; linkType: number }[] = [];
+  for (const fx of FIXTURES) for (let len = 0; len <= fx.bytes.length; len++) cases.push({ bytes: Buffer.from(fx.bytes.subarray(0, len)), linkType: fx.linkType });
+  fc.assert(fc.property(fc.nat(FIXTURES.length - 1), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 6 }), (k, flips) => {
+    const buf = Buffer.from(FIXTURES[k].bytes);
+    for (const [pos, v] of flips) if (buf.length) buf[pos % buf.length] = v;
+    cases.push({ bytes: buf, linkType: FIXTURES[k].linkType });
+    return true;
+  }), { numRuns: 2000 });
+  const single = new Meta(1);
+  let mismatches = 0;
+  const first: string[] = [];
+  for (const poison of [0x00, 0xff, 0x45]) {
+    for (let s = 0; s < cases.length; s += 200) {
+      const chunk = cases.slice(s, s + 200);
+      const b = new Batch(200, 200 * 1600);
+      const meta = new Meta(200);
+      b.arena.fill(poison);
+      let at = 0;
+      for (const c of chunk) {
+        const i = b.count;
+        c.bytes.copy(b.arena, at);
+        b.off[i] = at; b.capLen[i] = c.bytes.length; b.origLen[i] = c.bytes.length; b.linkType[i] = c.linkType;
+        b.count = i + 1;
+        at += c.bytes.length + 64; // 64 poison bytes after every packet
+      }
+      parseBatch(b, meta);
+      for (let i = 0; i < chunk.length; i++) {
+        const clean = Buffer.from(chunk[i].bytes);
+        parsePacket(clean, 0, clean.length, chunk[i].linkType, single, 0);
+        const a = snapshot(meta, i).join(','), e = snapshot(single, 0).join(',');
+        if (a !== e || offsetsInside(meta, i, chunk[i].bytes.length) !== '') {
+          mismatches++;
+          if (first.length < 5) first.push(`poison ${poison} case ${s + i} lt ${chunk[i].linkType} len ${chunk[i].bytes.length}: batch [${a}] single [${e}]`);
+        }
+      }
+    }
+  }
+  t.equal(mismatches, 0, first.join('\n') || `${cases.length * 3} packets agree`);
+});
