@@ -59,31 +59,48 @@ export async function runBenny(suite: string, cases: BenchCase[], maxTime = 2): 
   const out: Record<string, Measured> = {};
   for (const r of summary.results) {
     const c = cases.find((x) => x.name === r.name)!;
-    out[r.name] = { rate: r.ops * c.ops, margin: r.margin };
+    // benny rounds ops (calls/s) to a whole number, too coarse when one call
+    // is a million packets: use the mean time per call it measured.
+    const mean = r.details?.mean;
+    out[r.name] = { rate: mean ? c.ops / mean : r.ops * c.ops, margin: r.margin };
   }
   return out;
 }
 
 /**
  * Heap growth per operation: after a full GC, run `fn` (performing `ops`
- * operations) and compare heapUsed without collecting in between, while
- * counting the garbage collections that ran. Zero growth with zero
- * collections means nothing was allocated per operation.
+ * operations) once and twice, comparing heapUsed without collecting in
+ * between, while counting the garbage collections that ran. Zero growth with
+ * zero collections means nothing was allocated per operation (a collection
+ * during the run would hide garbage, so callers require gcs === 0 too).
  */
-export function heapGrowthPerOp(fn: () => void, ops: number): { bytesPerOp: number; gcs: number } {
+export async function heapGrowthPerOp(fn: () => void, ops: number): Promise<{ bytesPerOp: number; gcs: number }> {
   const gc = (globalThis as { gc?: () => void }).gc;
+  // The measurement itself (memoryUsage, the observer) allocates a little:
+  // measure an empty run the same way and subtract it.
+  const measure = async (f: () => void) => {
+    let gcs = 0;
+    const obs = new PerformanceObserver((list) => { gcs += list.getEntries().length; });
+    gc?.();
+    obs.observe({ entryTypes: ['gc'] });
+    const before = process.memoryUsage().heapUsed;
+    f();
+    const after = process.memoryUsage().heapUsed;
+    // GC entries are delivered asynchronously: let them arrive before counting.
+    await new Promise((r) => setTimeout(r, 20));
+    obs.disconnect();
+    return { grew: after - before, gcs };
+  };
   fn(); // warm-up: JIT, inline caches, lazily created tables
-  let gcs = 0;
-  const obs = new PerformanceObserver((list) => { gcs += list.getEntries().length; });
-  gc?.();
-  obs.observe({ entryTypes: ['gc'] });
-  const before = process.memoryUsage().heapUsed;
-  fn();
-  const after = process.memoryUsage().heapUsed;
-  obs.disconnect();
-  // Entries are delivered asynchronously; also count what the observer buffered.
-  gcs += (obs as unknown as { takeRecords?: () => unknown[] }).takeRecords?.().length ?? 0;
-  return { bytesPerOp: Math.max(0, after - before) / ops, gcs };
+  await measure(fn);
+  // One run and two runs: the difference is what a run allocates and keeps,
+  // free of the constant cost of measuring (and of one-off JIT artefacts).
+  const one = await measure(fn);
+  const two = await measure(() => { fn(); fn(); });
+  const perOp = Math.max(0, two.grew - one.grew) / ops;
+  // Below a thousandth of a byte per packet nothing is allocated per packet
+  // (one object per packet would be 16 bytes or more): report it as 0.
+  return { bytesPerOp: perOp < 0.001 ? 0 : Math.round(perOp * 1000) / 1000, gcs: one.gcs + two.gcs };
 }
 
 export interface SuiteResult {
