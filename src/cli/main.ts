@@ -4,6 +4,8 @@
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { runReplay } from './replay.js';
 import { runGen } from './gen.js';
+import { runAppliance, runCheckConfig, runNatList } from './run.js';
+import { runDemo } from './demo.js';
 
 function positiveInt(v: string): number {
   const n = Number(v);
@@ -45,6 +47,41 @@ export async function main(argv: string[]): Promise<number> {
     .option('--seed <n>', 'PRNG seed', positiveInt, 1)
     .action(async (out: string, opts) => {
       code = await runGen(out, opts);
+    });
+
+  program
+    .command('run')
+    .description('run the appliance live (TUN + NAPT) with a YAML configuration')
+    .requiredOption('-c, --config <file>', 'configuration file (YAML)')
+    .option('--duration <s>', 'stop after s seconds', positiveInt)
+    .action(async (opts) => {
+      code = await runAppliance(opts);
+    });
+
+  program
+    .command('check-config')
+    .description('validate a configuration file without running; errors name the key path')
+    .argument('<file>', 'configuration file (YAML)')
+    .action(async (file: string) => {
+      code = await runCheckConfig(file);
+    });
+
+  program
+    .command('demo')
+    .description('the appliance live between network namespaces it creates, with real traffic and live statistics (root)')
+    .option('--duration <s>', 'seconds of traffic', positiveInt, 20)
+    .action(async (opts) => {
+      code = await runDemo(opts);
+    });
+
+  const nat = program.command('nat').description('NAT table of the running appliance');
+  nat
+    .command('list')
+    .description('list the NAT mappings of the running appliance')
+    .option('--socket <path>', 'admin socket of the appliance', '/run/portcullis/admin.sock')
+    .option('--json', 'JSON output')
+    .action(async (opts) => {
+      code = await runNatList(opts);
     });
 
   try {

@@ -1,0 +1,446 @@
+// The live appliance: source → parse → flow → NAT → sink, driven by the
+// native addon's readable events (one callback per batch of packets), plus
+// the control plane around it (admin API, statistics, final counters).
+//
+// I/O mode `tun`: one TUN device carries both directions. The host's policy
+// routing sends what arrives on the inside and outside interfaces into the
+// TUN; what we write back is routed by the host's main table. The side a
+// packet came from is its source address: inside prefixes → from inside.
+//
+// I/O mode `af-packet`: the appliance is the router. One AF_PACKET socket per
+// interface (TPACKET_V3 receive ring, sendmmsg transmit), each polled from
+// libuv (one callback per batch). The side is the ingress port (inside 0,
+// outside 1); after translation the Ethernet addresses are rewritten (source:
+// the egress interface, destination: the next hop's MAC from the kernel's
+// neighbour table, src/control/neighbours.ts) and the batch is sent out of
+// the other interface, hairpinned packets back out of the same one. The
+// kernel keeps ARP and its own traffic; it must not forward (ip_forward=0,
+// see the io.mode comment in config.ts).
+
+import { Batch, Verdict } from '../io/batch.js';
+import { Tun } from '../io/tun.js';
+import { AfPacket, PacketFlag, VnetHdr } from '../io/af-packet.js';
+import { RawTx } from '../io/raw-tx.js';
+import { Meta, MetaFlag } from '../wire/meta.js';
+import { parseBatch } from '../wire/parse.js';
+import { PARSE_STATUS_NAMES } from '../wire/status.js';
+import { FlowTable } from '../flow/flow-table.js';
+import { Counters, COUNTER_DEFS } from '../counters.js';
+import { Napt, type NaptConfig } from '../nat/napt.js';
+import { NatCounters, NAT_COUNTER_DEFS } from '../nat/counters.js';
+import type { Config } from './config.js';
+import type { Logger } from './log.js';
+import { AdminServer } from './admin.js';
+import { NextHops, NeighbourWatcher, readInterface, type InterfaceInfo } from './neighbours.js';
+import { onesSum, pseudoSum4 } from '../wire/checksum.js';
+import { Counter } from '../counters.js';
+
+/** Batches handled per readable event before yielding to the event loop. */
+const MAX_BATCHES_PER_EVENT = 64;
+
+export function naptConfigOf(cfg: Config, insideAddress?: string): NaptConfig {
+  const n = cfg.nat;
+  return {
+    insideAddress,
+    insidePrefixes: n.inside,
+    pool: n.pool,
+    filtering: n.filtering,
+    portRange: n.ports,
+    preserveParity: n.preserveParity,
+    preserveRangeClass: n.preserveRangeClass,
+    quarantineSec: n.quarantine,
+    maxMappingsPerSubscriber: n.maxMappingsPerSubscriber,
+    timeouts: n.timeouts,
+    holdUnsolicitedSyn: n.holdUnsolicitedSyn,
+    outsideMtu: n.outsideMtu,
+    decrementTtl: n.decrementTtl ?? cfg.io.mode === 'af-packet',
+    capacity: n.capacity,
+  };
+}
+
+export class Appliance {
+  readonly batch: Batch;
+  readonly meta: Meta;
+  readonly flows: FlowTable;
+  readonly napt: Napt;
+  readonly counters = new Counters();
+  readonly natCounters = new NatCounters();
+  /** Side each packet of the batch came from (0 inside, 1 outside). */
+  private readonly dirOf: Uint8Array;
+  /** Packets the NAT originates (ICMP errors) and fragments it releases. */
+  private readonly originated = new Batch(64, 64 * 1600);
+  private tun: Tun | null = null;
+  /** af-packet: one socket per side (0 inside, 1 outside). */
+  private afp: [AfPacket, AfPacket] | null = null;
+  /** af-packet: PacketFlag bits per packet of the batch. */
+  private readonly pflags: Uint8Array;
+  /** af-packet: 1 when the packet's partial checksum is kept partial and re-seeded after translation. */
+  private readonly partial: Uint8Array;
+  private readonly routed: boolean;
+  private readonly vnet: boolean;
+  private readonly ifs: [InterfaceInfo, InterfaceInfo] | null = null;
+  readonly hops: NextHops | null = null;
+  private watcher: NeighbourWatcher | null = null;
+  private raw: RawTx | null = null;
+  private admin: AdminServer | null = null;
+  private statsTimer: NodeJS.Timeout | null = null;
+  private startedAt = 0;
+  private lastStats = { at: 0, rx: 0, tx: 0 };
+  txPackets = 0;
+  released = 0;
+
+  constructor(readonly cfg: Config, readonly log: Logger) {
+    this.routed = cfg.io.mode === 'af-packet';
+    this.vnet = this.routed && cfg.io.vnetHdr;
+    // GSO super-frames are up to 64 KiB (+ the 10-byte header): keep room for a few per batch.
+    this.batch = new Batch(cfg.io.batch, this.vnet ? Math.max(cfg.io.batch * 2048, 8 << 20) : cfg.io.batch * 2048);
+    this.meta = new Meta(cfg.io.batch);
+    this.dirOf = new Uint8Array(cfg.io.batch);
+    this.pflags = new Uint8Array(cfg.io.batch);
+    this.partial = new Uint8Array(cfg.io.batch);
+    this.flows = new FlowTable({ capacity: cfg.flow.capacity, batchCapacity: cfg.io.batch }, this.counters);
+    let insideAddress: string | undefined;
+    if (this.routed) {
+      // Control plane, once: the interfaces' MACs, addresses and prefixes.
+      this.ifs = [readInterface(cfg.io.inside!), readInterface(cfg.io.outside!)];
+      const gw = (a: string | undefined) => (a ? a.split('.').reduce((x, o) => ((x << 8) | Number(o)) >>> 0, 0) | 0 : 0);
+      this.hops = new NextHops(this.ifs, [gw(cfg.io.insideGateway), gw(cfg.io.outsideGateway)]);
+      // ICMP errors to inside hosts come from the router's inside address (traceroute shows the gateway).
+      const a = this.ifs[0].addrs[0];
+      if (a !== undefined) insideAddress = `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
+    }
+    this.napt = new Napt(naptConfigOf(cfg, insideAddress));
+  }
+
+  async start(): Promise<void> {
+    const io = this.cfg.io;
+    if (this.routed) {
+      const opts = { ringBlocks: io.ringBlocks, blockSize: io.ringBlockSize, blockTimeoutMs: 1, vnetHdr: io.vnetHdr };
+      const inside = new AfPacket(io.inside!, { ...opts, port: 0 });
+      let outside: AfPacket;
+      try {
+        outside = new AfPacket(io.outside!, { ...opts, port: 1 });
+      } catch (e) {
+        inside.close();
+        throw e;
+      }
+      this.afp = [inside, outside];
+      this.watcher = new NeighbourWatcher(this.hops!);
+      this.watcher.start();
+    } else {
+      this.tun = new Tun(io.tun);
+    }
+    this.raw = new RawTx();
+    this.admin = new AdminServer(this, this.cfg.admin.socket, this.log);
+    await this.admin.listen();
+    this.startedAt = Date.now();
+    this.lastStats = { at: this.startedAt, rx: 0, tx: 0 };
+    if (this.afp) {
+      const [a, b] = this.afp;
+      a.start(() => this.onSideReadable(0));
+      b.start(() => this.onSideReadable(1));
+    } else {
+      this.tun!.start(() => this.onReadable());
+    }
+    if (this.cfg.stats.interval > 0) {
+      this.statsTimer = setInterval(() => this.printStats(), this.cfg.stats.interval * 1000);
+    }
+    this.log.info('appliance started', this.routed
+      ? { mode: 'af-packet', inside: io.inside, outside: io.outside, vnetHdr: io.vnetHdr, pool: this.cfg.nat.pool, insidePrefixes: this.cfg.nat.inside, admin: this.cfg.admin.socket }
+      : { mode: 'tun', tun: this.tun!.name, pool: this.cfg.nat.pool, inside: this.cfg.nat.inside, admin: this.cfg.admin.socket });
+  }
+
+  /** af-packet: drains one side's ring; each batch is routed and sent out of the other side (hairpin: the same one). */
+  private onSideReadable(side: number): void {
+    const afp = this.afp;
+    if (!afp) return;
+    const rx = afp[side];
+    for (let k = 0; k < MAX_BATCHES_PER_EVENT; k++) {
+      const n = rx.recv(this.batch, this.pflags);
+      if (n === 0) break;
+      const hairpins = this.route(side, Date.now() / 1000);
+      this.transmit(side, hairpins);
+      if (n < this.batch.capacity && this.batch.used < this.batch.arena.length >>> 1) break; // the ring had no more
+    }
+  }
+
+  /** Drains the TUN: each batch is parsed, tracked, translated and written back. */
+  private onReadable(): void {
+    const tun = this.tun;
+    if (!tun) return;
+    for (let k = 0; k < MAX_BATCHES_PER_EVENT; k++) {
+      const n = tun.recv(this.batch);
+      if (n === 0) break;
+      this.process(Date.now() / 1000);
+      tun.send(this.batch);
+    }
+  }
+
+  /** The data path for one batch already in this.batch. */
+  process(nowSec: number): void {
+    const b = this.batch, m = this.meta, cv = this.counters.values;
+    const n = b.count;
+    parseBatch(b, m);
+    this.flows.trackBatch(b, m, this.counters);
+    const dir = this.dirOf, src4 = m.src4, flags = m.flags, napt = this.napt;
+    let bytes = 0;
+    for (let i = 0; i < n; i++) {
+      bytes += b.origLen[i];
+      // TUN mode: the side is the source address (inside prefixes → inside).
+      dir[i] = (flags[i] & MetaFlag.L3) !== 0 && m.ipVersion[i] === 4 && napt.isInside(src4[i]) ? 0 : 1;
+    }
+    cv[RX_PACKETS] += n;
+    cv[RX_BYTES] += bytes;
+    const out = this.originated;
+    out.clear();
+    napt.translateBatch(b, m, dir, nowSec, this.natCounters, out);
+    let fwd = 0;
+    for (let i = 0; i < n; i++) if (b.verdict[i] === Verdict.FORWARD) fwd++;
+    this.txPackets += fwd;
+    if (out.count > 0) this.sendOriginated(out);
+  }
+
+  /**
+   * af-packet data path for one batch from `side`: filter what is the
+   * kernel's, checksum fix-ups, flow tracking, NAT, next hop + MAC rewrite.
+   * Returns the number of FORWARD packets going back out of `side` (hairpin).
+   */
+  route(side: number, nowSec: number): number {
+    const b = this.batch, m = this.meta, cv = this.counters.values, hops = this.hops!;
+    const n = b.count, arena = b.arena, off = b.off, verdict = b.verdict;
+    const dir = this.dirOf, pf = this.pflags, partial = this.partial, vnet = this.vnet;
+    parseBatch(b, m);
+    const flags = m.flags, ipv = m.ipVersion, dst4 = m.dst4, l3Off = m.l3Off, l4Off = m.l4Off, proto = m.l4Proto;
+    const mac = hops.ifMac, mo = side * 6;
+    let bytes = 0;
+    for (let i = 0; i < n; i++) {
+      bytes += b.origLen[i];
+      dir[i] = side;
+      partial[i] = 0;
+      const o = off[i];
+      // Only frames addressed to this interface are routed; broadcast ARP and
+      // the like are the kernel's (it receives its own copy of every frame).
+      if (arena[o] !== mac[mo] || arena[o + 1] !== mac[mo + 1] || arena[o + 2] !== mac[mo + 2] ||
+          arena[o + 3] !== mac[mo + 3] || arena[o + 4] !== mac[mo + 4] || arena[o + 5] !== mac[mo + 5]) {
+        verdict[i] = Verdict.LOCAL;
+        cv[C_NOT_FOR_US]++;
+        continue;
+      }
+      if ((flags[i] & MetaFlag.L3) === 0 || ipv[i] !== 4) {
+        verdict[i] = Verdict.LOCAL;
+        cv[C_NOT_IPV4]++;
+        continue;
+      }
+      const d = dst4[i] | 0;
+      // Own addresses, limited broadcast and multicast (RFC 1812 5.3.5): the kernel answers those.
+      if ((d >>> 28) >= 14 || hops.isOwn(d)) {
+        verdict[i] = Verdict.LOCAL;
+        cv[C_LOCAL]++;
+        continue;
+      }
+      if ((pf[i] & PacketFlag.CSUM_NOT_READY) !== 0 && (flags[i] & MetaFlag.L4) !== 0 && (flags[i] & MetaFlag.FRAGMENT) === 0) {
+        const p = proto[i];
+        if (p === 6 || p === 17) {
+          if (vnet) {
+            // Stays partial: the kernel (or the receiver) completes it; only the
+            // pseudo-header seed must follow the new addresses (after translation).
+            partial[i] = 1;
+          } else {
+            // CHECKSUM_PARTIAL from a local sender: the field holds only the
+            // pseudo-header sum. Complete it (RFC 1071 over the segment, the
+            // seed standing in for the pseudo header) so the NAT's incremental
+            // update (RFC 1624) starts from a real checksum.
+            const l3 = o + l3Off[i], l4 = o + l4Off[i];
+            const end = l3 + ((arena[l3 + 2] << 8) | arena[l3 + 3]);
+            const at = l4 + (p === 6 ? 16 : 6);
+            if (end <= o + b.capLen[i] && at + 2 <= end) {
+              let c = ~onesSum(arena, l4, end - l4) & 0xffff;
+              if (c === 0 && p === 17) c = 0xffff; // RFC 768: 0 means no checksum
+              arena[at] = c >>> 8;
+              arena[at + 1] = c & 0xff;
+              cv[C_CSUM_COMPLETED]++;
+            }
+          }
+        }
+      }
+    }
+    cv[RX_PACKETS] += n;
+    cv[RX_BYTES] += bytes;
+    this.flows.trackBatch(b, m, this.counters);
+    const out = this.originated;
+    out.clear();
+    this.napt.translateBatch(b, m, dir, nowSec, this.natCounters, out);
+    const egress = this.napt.egress;
+    let hairpins = 0, fwd = 0;
+    for (let i = 0; i < n; i++) {
+      if (verdict[i] !== Verdict.FORWARD) continue;
+      const e = egress[i];
+      const nh = hops.nextHop(e, dst4[i] | 0);
+      if (nh === 0) {
+        verdict[i] = Verdict.DROP;
+        cv[C_NO_ROUTE]++;
+        continue;
+      }
+      const t = hops.tables[e];
+      const slot = t.slotOf(nh);
+      if (slot < 0) {
+        verdict[i] = Verdict.DROP;
+        cv[C_NO_NEIGHBOUR]++;
+        hops.request(e, nh);
+        continue;
+      }
+      const o = off[i], macs = t.macs, ms = slot * 6, eo = e * 6;
+      arena[o] = macs[ms]; arena[o + 1] = macs[ms + 1]; arena[o + 2] = macs[ms + 2];
+      arena[o + 3] = macs[ms + 3]; arena[o + 4] = macs[ms + 4]; arena[o + 5] = macs[ms + 5];
+      arena[o + 6] = mac[eo]; arena[o + 7] = mac[eo + 1]; arena[o + 8] = mac[eo + 2];
+      arena[o + 9] = mac[eo + 3]; arena[o + 10] = mac[eo + 4]; arena[o + 11] = mac[eo + 5];
+      if (partial[i] !== 0) this.reseed(i);
+      if (e === side) hairpins++;
+      fwd++;
+    }
+    if (hairpins !== 0) cv[C_HAIRPIN] += hairpins;
+    this.txPackets += fwd;
+    if (out.count > 0) this.sendOriginated(out);
+    return hairpins;
+  }
+
+  /**
+   * A partial checksum after translation: the field must hold the folded
+   * pseudo-header sum of the NEW addresses and the segment length (what
+   * Linux's __tcp_v4_send_check / udp4_hwcsum seed it with; for a GSO
+   * super-frame the length of the whole super-frame, which the kernel's
+   * segmentation corrects per segment). The NAT's incremental update also
+   * folded the port change into it, which a partial checksum must not carry
+   * (the ports are summed from the segment itself), so it is recomputed,
+   * not adjusted. The field is the one the virtio_net_hdr names.
+   */
+  private reseed(i: number): void {
+    const b = this.batch, m = this.meta, arena = b.arena, o = b.off[i];
+    const h = o - VnetHdr.LEN;
+    if ((arena[h + VnetHdr.FLAGS] & VnetHdr.F_NEEDS_CSUM) === 0) return;
+    const at = o + (arena[h + VnetHdr.CSUM_START] | (arena[h + VnetHdr.CSUM_START + 1] << 8)) +
+      (arena[h + VnetHdr.CSUM_OFFSET] | (arena[h + VnetHdr.CSUM_OFFSET + 1] << 8));
+    const l3 = o + m.l3Off[i];
+    const tot = (arena[l3 + 2] << 8) | arena[l3 + 3];
+    const ihl = (arena[l3] & 15) << 2;
+    if (at + 2 > o + b.capLen[i]) return;
+    const seed = pseudoSum4(m.src4[i] >>> 0, m.dst4[i] >>> 0, m.l4Proto[i], tot - ihl);
+    arena[at] = seed >>> 8;
+    arena[at + 1] = seed & 0xff;
+    const cv = this.counters.values;
+    cv[C_CSUM_SEEDED]++;
+    if ((this.pflags[i] & PacketFlag.GSO) !== 0) cv[C_GSO]++;
+  }
+
+  /** Sends the routed batch: out of the other side, then the hairpinned packets back out of `side`. */
+  private transmit(side: number, hairpins: number): void {
+    const afp = this.afp!, b = this.batch, v = b.verdict, n = b.count;
+    let sent = 0, want = 0;
+    for (let i = 0; i < n; i++) if (v[i] === Verdict.FORWARD) want++;
+    if (hairpins === 0) {
+      if (want > 0) sent = afp[side ^ 1].transmit(b);
+    } else {
+      // sendBatch sends FORWARD packets only: park the other group meanwhile.
+      const eg = this.napt.egress;
+      for (let i = 0; i < n; i++) if (v[i] === Verdict.FORWARD && eg[i] === side) v[i] = PARKED;
+      if (want > hairpins) sent += afp[side ^ 1].transmit(b);
+      for (let i = 0; i < n; i++) {
+        if (v[i] === Verdict.FORWARD) v[i] = PARKED_DONE;
+        else if (v[i] === PARKED) v[i] = Verdict.FORWARD;
+      }
+      sent += afp[side].transmit(b);
+      for (let i = 0; i < n; i++) if (v[i] === PARKED_DONE) v[i] = Verdict.FORWARD;
+    }
+    if (sent < want) {
+      this.counters.values[C_TX_DROPPED] += want - sent;
+      this.txPackets -= want - sent;
+    }
+  }
+
+  /** ICMP errors leave through the raw socket; released fragments go back through the TUN. */
+  private sendOriginated(out: Batch): void {
+    // Originated packets are raw IPv4; released fragments keep their link
+    // header (Ethernet in af-packet mode): strip it, the host routes both
+    // kinds by destination (locally originated, so ip_forward=0 does not
+    // stop them). The slow path: these are rate-limited where they are made.
+    for (let k = 0; k < out.count; k++) {
+      if (out.linkType[k] === LINK_EN10MB && out.capLen[k] > 14) {
+        out.off[k] += 14;
+        out.capLen[k] -= 14;
+        out.linkType[k] = LINK_RAW;
+      }
+    }
+    if (this.raw) this.raw.sendBatch(out);
+    this.released += out.count;
+  }
+
+  counterValues(): Record<string, number> {
+    const o: Record<string, number> = { ...this.counters.toObject(), ...this.natCounters.toObject() };
+    for (let s = 0; s < PARSE_STATUS_NAMES.length; s++) o[`parse_${PARSE_STATUS_NAMES[s]}`] = this.meta.statusCounts[s];
+    o.tx_packets = this.txPackets;
+    o.originated_sent = this.raw?.sent ?? 0;
+    o.originated_errors = this.raw?.errors ?? 0;
+    o.flows = this.flows.size;
+    o.nat_mappings = this.napt.stats().mappings ?? 0;
+    if (this.tun) for (const [k, v] of Object.entries(this.tun.stats())) o[`tun_${k}`] = v;
+    if (this.afp) {
+      for (let s = 0; s < 2; s++) for (const [k, v] of Object.entries(this.afp[s].stats())) o[`afp_${s === 0 ? 'inside' : 'outside'}_${k}`] = v;
+    }
+    if (this.watcher) {
+      o.neigh_refreshes = this.watcher.refreshes;
+      o.neigh_probes = this.watcher.probes;
+      o.neigh_errors = this.watcher.errors;
+      o.neigh_want_dropped = this.hops!.wantDropped;
+    }
+    return o;
+  }
+
+  /** One human line: rates, tables, drops by reason. */
+  statsLine(): string {
+    const c = this.counterValues();
+    const now = Date.now();
+    const dt = Math.max(1e-3, (now - this.lastStats.at) / 1000);
+    const rxRate = (c.rx_packets - this.lastStats.rx) / dt;
+    const txRate = (c.tx_packets - this.lastStats.tx) / dt;
+    this.lastStats = { at: now, rx: c.rx_packets, tx: c.tx_packets };
+    const drops = Object.entries(c).filter(([k, v]) => v > 0 && (k.startsWith('nat_drop_') || k.startsWith('nat_syn_dropped') || k.startsWith('nat_icmp_error_no') || (k.startsWith('parse_') && k !== 'parse_ok')))
+      .map(([k, v]) => `${k.replace(/^nat_drop_/, '')}=${v}`);
+    return `rx ${fmt(rxRate)} pkt/s  tx ${fmt(txRate)} pkt/s  total ${c.rx_packets} pkts  flows ${c.flows}  nat mappings ${c.nat_mappings}  translated out ${c.nat_out_translated} in ${c.nat_in_translated}  drops ${drops.length ? drops.join(' ') : 'none'}`;
+  }
+
+  private printStats(): void {
+    process.stdout.write(`${new Date().toISOString().slice(11, 19)}  ${this.statsLine()}\n`);
+  }
+
+  async stop(): Promise<Record<string, number>> {
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    this.statsTimer = null;
+    const final = this.counterValues();
+    this.tun?.stop();
+    this.tun?.close();
+    this.tun = null;
+    if (this.afp) for (const a of this.afp) { a.stop(); a.close(); }
+    this.afp = null;
+    this.watcher?.stop();
+    this.watcher = null;
+    this.raw?.close();
+    this.raw = null;
+    await this.admin?.close();
+    this.admin = null;
+    return final;
+  }
+}
+
+const RX_PACKETS = COUNTER_DEFS.findIndex((d) => d[0] === 'rx_packets');
+const RX_BYTES = COUNTER_DEFS.findIndex((d) => d[0] === 'rx_bytes');
+const C_NOT_FOR_US = Counter.route_not_for_us, C_NOT_IPV4 = Counter.route_not_ipv4, C_LOCAL = Counter.route_local;
+const C_NO_ROUTE = Counter.route_no_route, C_NO_NEIGHBOUR = Counter.route_no_neighbour, C_CSUM_COMPLETED = Counter.route_csum_completed;
+const C_CSUM_SEEDED = Counter.route_csum_seeded, C_GSO = Counter.route_gso, C_HAIRPIN = Counter.route_hairpin, C_TX_DROPPED = Counter.route_tx_dropped;
+/** Verdicts used only inside transmit() to split a batch between the two sockets. */
+const PARKED = 0xfe, PARKED_DONE = 0xfd;
+const LINK_EN10MB = 1, LINK_RAW = 101;
+void NAT_COUNTER_DEFS;
+
+function fmt(n: number): string {
+  return n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : n.toFixed(0);
+}
