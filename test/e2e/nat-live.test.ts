@@ -11,6 +11,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { NatLab, LAB, waitForLine } from '../../src/cli/lab.js';
+import { adminGet } from '../../src/control/admin.js';
 
 const REPO = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
 const BIN = path.join(REPO, 'bin/portcullis.js');
@@ -179,5 +180,24 @@ http {
     t.match(d.out, /NAT with Endpoint Independent Filtering!/);
     turn.kill('SIGKILL');
     t.equal(await stop(b.app), 0);
+  });
+  // ================= outside MTU and unsolicited inbound SYNs =================
+  await t.test('DF packets over the outside MTU get ICMP fragmentation-needed; unsolicited SYNs are dropped', async (t) => {
+    const c = await startAppliance('mtu', '  outsideMtu: 1200\n');
+    // RFC 1191: the appliance answers (through its raw socket) with the MTU.
+    const p = lab.exec(lab.cl, 'ping', ['-M', 'do', '-s', '1300', '-c', '1', '-W', '2', LAB.server]);
+    t.match(p.out + p.err, /mtu ?= ?1200/, `ping saw the next-hop MTU: ${(p.out + p.err).trim()}`);
+    const small = lab.exec(lab.cl, 'ping', ['-M', 'do', '-s', '1100', '-c', '1', '-W', '2', LAB.server]);
+    t.equal(small.code, 0, 'a packet under the MTU still passes');
+    // RFC 5382 REQ-4 (default policy): SYNs from outside with no mapping never reach inside.
+    const before = (await adminGet(c.sock, '/counters')) as Record<string, number>;
+    const h = lab.exec(lab.sv, 'hping3', ['-S', '-p', '40000', '-c', '5', '-i', 'u20000', LAB.pool], { timeoutMs: 15000 });
+    t.match(h.out + h.err, /5 packets transmitted/, 'hping3 sent its 5 SYNs');
+    const after = (await adminGet(c.sock, '/counters')) as Record<string, number>;
+    const dropped = (k: string) => (after[k] ?? 0) - (before[k] ?? 0);
+    t.ok(dropped('nat_drop_no_mapping') + dropped('nat_syn_dropped') >= 5, `dropped and counted: no_mapping +${dropped('nat_drop_no_mapping')}, syn_dropped +${dropped('nat_syn_dropped')}`);
+    t.equal(dropped('nat_in_translated'), 0, 'nothing was translated inwards');
+    t.ok(after.nat_icmp_originated >= 1 && after.originated_sent >= 1, `ICMP originated ${after.nat_icmp_originated}, sent by the raw socket ${after.originated_sent}`);
+    t.equal(await stop(c.app), 0);
   });
 });
