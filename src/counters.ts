@@ -21,6 +21,17 @@ export const COUNTER_DEFS = [
   ['frag_matched', 'non-first fragments attributed to their flow'],
   ['frag_unmatched', 'non-first fragments whose first fragment was never seen (or expired)'],
   ['frag_table_full', 'fragment trains not remembered because the fragment table was full'],
+  // af-packet router mode (src/control/appliance.ts)
+  ['route_not_for_us', 'frames not addressed to the ingress interface MAC (broadcast, multicast, other hosts): left to the kernel'],
+  ['route_not_ipv4', 'frames that are not IPv4 (ARP, IPv6): left to the kernel, not routed'],
+  ['route_local', 'IPv4 packets for the host itself (its own addresses, broadcast, multicast): left to the kernel'],
+  ['route_no_route', 'packets dropped: destination not on the egress interface prefixes and no gateway configured for that side'],
+  ['route_no_neighbour', 'packets dropped: next hop MAC not in the neighbour table yet (resolution requested)'],
+  ['route_csum_completed', 'partial checksums (CHECKSUM_PARTIAL from a local sender) completed in software before translation'],
+  ['route_csum_seeded', 'partial checksums kept partial (vnetHdr) with the pseudo-header seed rewritten after translation'],
+  ['route_gso', 'GSO super-frames forwarded whole (vnetHdr; the kernel segments them on transmit)'],
+  ['route_hairpin', 'packets sent back out of the interface they came in on'],
+  ['route_tx_dropped', 'forwarded packets the kernel refused or had no room for on transmit'],
 ] as const;
 
 export type CounterName = (typeof COUNTER_DEFS)[number][0];

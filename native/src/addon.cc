@@ -22,6 +22,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   flags.Set("CSUM_VALID", static_cast<double>(pc::kCsumValid));
   flags.Set("TRUNCATED", static_cast<double>(pc::kTruncated));
   flags.Set("VLAN_RESTORED", static_cast<double>(pc::kVlanRestored));
+  flags.Set("GSO", static_cast<double>(pc::kGso));
   flags.Freeze();
   exports.Set("PacketFlag", flags);
   return exports;

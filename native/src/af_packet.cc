@@ -11,6 +11,17 @@
 // TP_STATUS_CSUMNOTREADY. The optional flags array records that
 // (kCsumNotReady); whoever forwards such a packet must complete the checksum
 // first (RFC 1071 over the L4 segment), or the next hop drops it.
+//
+// vnetHdr (PACKET_VNET_HDR): each frame in the ring is preceded by a struct
+// virtio_net_hdr (10 bytes) describing its offloads: a partial checksum
+// (NEEDS_CSUM, csum_start/csum_offset) and GSO (gso_type, gso_size): a TCP
+// super-frame of up to 64 KiB that the kernel would otherwise have to
+// segment before we saw it. recvBatch() copies the header in front of the
+// frame (off[i] points at the frame, the header sits at off[i] - 10);
+// sendBatch() sends the 10 bytes in front of each frame as its header, so
+// the kernel keeps the offloads (segments the super-frame, completes the
+// checksum) on transmit. virtio_net.h fields are little-endian (vio_le()
+// in the kernel is true for packet sockets on little-endian hosts).
 #include <arpa/inet.h>
 #include <net/if_arp.h>
 #include <linux/if_ether.h>
@@ -39,6 +50,20 @@ namespace {
 constexpr uint16_t kLinkTypeEthernet = 1;
 constexpr uint16_t kLinkTypeRaw = 101;
 constexpr unsigned kMmsgBatch = 64;
+// struct virtio_net_hdr of <linux/virtio_net.h>, which C++ cannot include
+// (a member is named `class`). Little-endian fields.
+struct virtio_net_hdr {
+  uint8_t flags;
+  uint8_t gso_type;
+  uint16_t hdr_len;
+  uint16_t gso_size;
+  uint16_t csum_start;
+  uint16_t csum_offset;
+};
+constexpr uint8_t VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
+constexpr uint8_t VIRTIO_NET_HDR_GSO_NONE = 0;
+constexpr uint32_t kVnetLen = sizeof(struct virtio_net_hdr);  // 10
+static_assert(kVnetLen == 10, "virtio_net_hdr is 10 bytes");
 
 struct FanoutMode {
   const char* name;
@@ -48,6 +73,9 @@ const FanoutMode kFanoutModes[] = {
     {"hash", PACKET_FANOUT_HASH}, {"lb", PACKET_FANOUT_LB},   {"cpu", PACKET_FANOUT_CPU},
     {"rollover", PACKET_FANOUT_ROLLOVER}, {"random", PACKET_FANOUT_RND}, {"qm", PACKET_FANOUT_QM},
 };
+
+// True when the copy keeps less than the frame (the arena was too small).
+inline bool cap_is_cut(uint32_t need, uint32_t snap, bool vlan) { return need < snap + (vlan ? 4u : 0u); }
 
 inline void PutBe16(uint8_t* p, uint16_t v) {
   p[0] = static_cast<uint8_t>(v >> 8);
@@ -83,7 +111,7 @@ AfPacket::AfPacket(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AfPacket>(
   if (!ArgIfName(info, 0, ctx, false, &ifname_)) return;
   Napi::Object opts;
   uint32_t ringBlocks, blockSize, frameSize, blockTimeoutMs, fanoutGroup, port;
-  bool qdiscBypass, ignoreOutgoing, promisc, rx;
+  bool qdiscBypass, ignoreOutgoing, promisc, rx, vnetHdr;
   std::string fanoutMode;
   if (!OptObject(env, info[1], ctx, &opts) || !OptUint(env, opts, ctx, "ringBlocks", 16, 1, 65536, &ringBlocks) ||
       !OptUint(env, opts, ctx, "blockSize", 1u << 18, 4096, 1u << 30, &blockSize) ||
@@ -94,7 +122,8 @@ AfPacket::AfPacket(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AfPacket>(
       !OptString(env, opts, ctx, "fanoutMode", "", &fanoutMode) ||
       !OptBool(env, opts, ctx, "qdiscBypass", false, &qdiscBypass) ||
       !OptBool(env, opts, ctx, "ignoreOutgoing", true, &ignoreOutgoing) ||
-      !OptBool(env, opts, ctx, "promisc", false, &promisc) || !OptBool(env, opts, ctx, "rx", true, &rx))
+      !OptBool(env, opts, ctx, "promisc", false, &promisc) || !OptBool(env, opts, ctx, "rx", true, &rx) ||
+      !OptBool(env, opts, ctx, "vnetHdr", false, &vnetHdr))
     return;
   long page = sysconf(_SC_PAGESIZE);
   // The kernel allocates each block as 2^n pages (packet_set_ring()).
@@ -173,6 +202,16 @@ AfPacket::AfPacket(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AfPacket>(
       fail("setsockopt(PACKET_VERSION)", "this kernel lacks TPACKET_V3 (Linux >= 3.2 needed)");
       return;
     }
+
+  if (vnetHdr) {
+    // Before the ring: the kernel refuses PACKET_VNET_HDR once a ring exists (EBUSY).
+    int one = 1;
+    if (setsockopt(fd_, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0) {
+      fail("setsockopt(PACKET_VNET_HDR)", "");
+      return;
+    }
+    vnetHdr_ = true;
+  }
 
   if (rx) {
     struct tpacket_req3 req;
@@ -335,13 +374,31 @@ Napi::Value AfPacket::RecvBatch(const Napi::CallbackInfo& info) {
         // so the frame in the arena is what was on the wire.
         bool vlan = (h->tp_status & TP_STATUS_VLAN_VALID) != 0 && linkType_ == kLinkTypeEthernet && snap >= 12;
         uint32_t need = snap + (vlan ? 4 : 0);
+        uint32_t pre = vnetHdr_ ? kVnetLen : 0;
         size_t free = v.arenaLen - used;
-        if (need > free) {
-          if (used > 0 || free < 64) {
+        if (need + pre > free) {
+          if (used > 0 || free < 64 + pre) {
             full = true;  // leave it in the ring for the next batch
             break;
           }
-          need = static_cast<uint32_t>(free);  // larger than a whole empty arena: keep what fits
+          need = static_cast<uint32_t>(free - pre);  // larger than a whole empty arena: keep what fits
+        }
+        bool gso = false;
+        if (pre != 0) {
+          // The kernel wrote the header just before the frame (tpacket_rcv()).
+          struct virtio_net_hdr vh;
+          memcpy(&vh, frame - kVnetLen, kVnetLen);
+          if (cap_is_cut(need, snap, vlan)) {
+            // A cut frame cannot be re-segmented or checksummed by the kernel.
+            vh.gso_type = VIRTIO_NET_HDR_GSO_NONE;
+            vh.gso_size = 0;
+          }
+          if (vlan && (vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)) vh.csum_start = static_cast<uint16_t>(vh.csum_start + 4);
+          if (vlan && vh.hdr_len != 0) vh.hdr_len = static_cast<uint16_t>(vh.hdr_len + 4);
+          gso = vh.gso_type != VIRTIO_NET_HDR_GSO_NONE;
+          memcpy(v.arena + used, &vh, kVnetLen);
+          used += kVnetLen;
+          if (gso) rxGso_++;
         }
         uint8_t* dst = v.arena + used;
         uint32_t cap;
@@ -372,6 +429,7 @@ Napi::Value AfPacket::RecvBatch(const Napi::CallbackInfo& info) {
           if (h->tp_status & TP_STATUS_CSUM_VALID) f |= kCsumValid;
           if (cap < wire) f |= kTruncated;
           if (vlan) f |= kVlanRestored;
+          if (gso) f |= kGso;
           v.flags[i] = f;
         }
         used += cap;
@@ -418,8 +476,15 @@ Napi::Value AfPacket::SendBatch(const Napi::CallbackInfo& info) {
     unsigned n = 0;
     while (i < end && n < kMmsgBatch) {
       if (v.verdict[i] == 0) {
-        iovs[n].iov_base = v.arena + v.off[i];
-        iovs[n].iov_len = v.capLen[i];
+        if (vnetHdr_ && v.off[i] < kVnetLen) {
+          txNoVnetRoom_++;  // no header in front of this frame: not ours to guess
+          txErrors_++;
+          i++;
+          continue;
+        }
+        uint32_t pre = vnetHdr_ ? kVnetLen : 0;
+        iovs[n].iov_base = v.arena + v.off[i] - pre;
+        iovs[n].iov_len = v.capLen[i] + pre;
         memset(&msgs[n].msg_hdr, 0, sizeof msgs[n].msg_hdr);
         msgs[n].msg_hdr.msg_iov = &iovs[n];
         msgs[n].msg_hdr.msg_iovlen = 1;
@@ -432,7 +497,7 @@ Napi::Value AfPacket::SendBatch(const Napi::CallbackInfo& info) {
     while (k < n) {
       int r = sendmmsg(fd_, msgs + k, n - k, MSG_DONTWAIT);
       if (r > 0) {
-        for (int j = 0; j < r; j++) txBytes_ += msgs[k + j].msg_len;
+        for (int j = 0; j < r; j++) txBytes_ += msgs[k + j].msg_len - (vnetHdr_ ? kVnetLen : 0);
         sent += static_cast<uint32_t>(r);
         k += static_cast<unsigned>(r);
         continue;
@@ -485,10 +550,12 @@ Napi::Value AfPacket::Stats(const Napi::CallbackInfo& info) {
   o.Set("rx_bytes", static_cast<double>(rxBytes_));
   o.Set("rx_truncated", static_cast<double>(rxTruncated_));
   o.Set("rx_outgoing_skipped", static_cast<double>(rxOutgoingSkipped_));
+  o.Set("rx_gso", static_cast<double>(rxGso_));
   o.Set("tx_packets", static_cast<double>(txPackets_));
   o.Set("tx_bytes", static_cast<double>(txBytes_));
   o.Set("tx_errors", static_cast<double>(txErrors_));
   o.Set("tx_full", static_cast<double>(txFull_));
+  o.Set("tx_no_vnet_room", static_cast<double>(txNoVnetRoom_));
   return o;
 }
 
@@ -504,6 +571,7 @@ Napi::Value AfPacket::Features(const Napi::CallbackInfo& info) {
   o.Set("ignoreOutgoingInKernel", ignoreOutgoing_);
   o.Set("qdiscBypass", qdiscBypass_);
   o.Set("fanout", fanout_);
+  o.Set("vnetHdr", vnetHdr_);
   o.Set("rx", ring_ != nullptr);
   o.Set("ifindex", ifindex_);
   o.Set("blockSize", blockSize_);

@@ -147,6 +147,7 @@ enum PacketFlag : uint8_t {
   kCsumValid = 2,     // TP_STATUS_CSUM_VALID: the checksum was verified by the device
   kTruncated = 4,     // captured length < original length
   kVlanRestored = 8,  // an offloaded 802.1Q tag was written back into the frame
+  kGso = 16,          // vnetHdr: a GSO super-frame (virtio_net_hdr gso_type != NONE), longer than the MTU
 };
 
 // Wall clock as seconds + nanoseconds.

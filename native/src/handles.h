@@ -121,11 +121,14 @@ class AfPacket : public Napi::ObjectWrap<AfPacket> {
   bool skipOutgoing_ = false;     // asked for, but the kernel lacks it: skip them while walking
   bool qdiscBypass_ = false;
   bool fanout_ = false;
+  // PACKET_VNET_HDR: every frame in the arena is preceded by its 10-byte
+  // struct virtio_net_hdr (off[i] points after it), on receive and transmit.
+  bool vnetHdr_ = false;
   Slots slots_;
   Poller poller_;
   uint64_t kPackets_ = 0, kDrops_ = 0, kFreeze_ = 0;
-  uint64_t rxPackets_ = 0, rxBytes_ = 0, rxTruncated_ = 0, rxOutgoingSkipped_ = 0;
-  uint64_t txPackets_ = 0, txBytes_ = 0, txErrors_ = 0, txFull_ = 0;
+  uint64_t rxPackets_ = 0, rxBytes_ = 0, rxTruncated_ = 0, rxOutgoingSkipped_ = 0, rxGso_ = 0;
+  uint64_t txPackets_ = 0, txBytes_ = 0, txErrors_ = 0, txFull_ = 0, txNoVnetRoom_ = 0;
 };
 
 }  // namespace pc

@@ -76,6 +76,8 @@ export class Appliance {
   private readonly pflags: Uint8Array;
   /** af-packet: 1 when the packet's partial checksum is kept partial and re-seeded after translation. */
   private readonly partial: Uint8Array;
+  /** af-packet + vnetHdr: the IPv4 total length of a GSO super-frame, while the NAT sees its segment length instead. */
+  private readonly gsoTot: Uint16Array;
   private readonly routed: boolean;
   private readonly vnet: boolean;
   private readonly ifs: [InterfaceInfo, InterfaceInfo] | null = null;
@@ -98,6 +100,7 @@ export class Appliance {
     this.dirOf = new Uint8Array(cfg.io.batch);
     this.pflags = new Uint8Array(cfg.io.batch);
     this.partial = new Uint8Array(cfg.io.batch);
+    this.gsoTot = new Uint16Array(cfg.io.batch);
     this.flows = new FlowTable({ capacity: cfg.flow.capacity, batchCapacity: cfg.io.batch }, this.counters);
     let insideAddress: string | undefined;
     if (this.routed) {
@@ -245,6 +248,7 @@ export class Appliance {
             // Stays partial: the kernel (or the receiver) completes it; only the
             // pseudo-header seed must follow the new addresses (after translation).
             partial[i] = 1;
+            if ((pf[i] & PacketFlag.GSO) !== 0) this.maskGsoLength(i);
           } else {
             // CHECKSUM_PARTIAL from a local sender: the field holds only the
             // pseudo-header sum. Complete it (RFC 1071 over the segment, the
@@ -273,6 +277,7 @@ export class Appliance {
     const egress = this.napt.egress;
     let hairpins = 0, fwd = 0;
     for (let i = 0; i < n; i++) {
+      if (partial[i] === 2) this.unmaskGsoLength(i);
       if (verdict[i] !== Verdict.FORWARD) continue;
       const e = egress[i];
       const nh = hops.nextHop(e, dst4[i] | 0);
@@ -302,6 +307,37 @@ export class Appliance {
     this.txPackets += fwd;
     if (out.count > 0) this.sendOriginated(out);
     return hairpins;
+  }
+
+  /**
+   * The NAT refuses (DF) or drops packets longer than the outside MTU
+   * (RFC 1191). A GSO super-frame is longer, but what leaves is its
+   * segments: so while the NAT looks, the IPv4 total length says the length
+   * of one full segment (IP + TCP headers + gso_size), and the real one is
+   * put back after (unmaskGsoLength). The NAT updates the IP checksum by
+   * deltas of the fields it rewrites only, so the checksum stays right for
+   * the restored length. (A hook in the NAT, "judge the MTU on this
+   * length", would make this unnecessary; see the report.)
+   */
+  private maskGsoLength(i: number): void {
+    const b = this.batch, m = this.meta, arena = b.arena, o = b.off[i];
+    const h = o - VnetHdr.LEN;
+    const gsoSize = arena[h + VnetHdr.GSO_SIZE] | (arena[h + VnetHdr.GSO_SIZE + 1] << 8);
+    const l3 = o + m.l3Off[i], l4 = o + m.l4Off[i];
+    const tot = (arena[l3 + 2] << 8) | arena[l3 + 3];
+    const thl = m.l4Proto[i] === 6 ? (arena[l4 + 12] >>> 4) << 2 : 8;
+    const seg = (l4 - l3) + thl + gsoSize;
+    if (gsoSize === 0 || seg >= tot) return;
+    this.gsoTot[i] = tot;
+    arena[l3 + 2] = seg >>> 8;
+    arena[l3 + 3] = seg & 0xff;
+    this.partial[i] = 2;
+  }
+
+  private unmaskGsoLength(i: number): void {
+    const b = this.batch, arena = b.arena, l3 = b.off[i] + this.meta.l3Off[i], tot = this.gsoTot[i];
+    arena[l3 + 2] = tot >>> 8;
+    arena[l3 + 3] = tot & 0xff;
   }
 
   /**

@@ -15,7 +15,7 @@ import { loadNative, settle, SlotCache } from './native.js';
 import type { AfPacketOptions, NativeAfPacket, ReadableCallback } from './native.js';
 
 export type { AfPacketOptions } from './native.js';
-export { PacketFlag } from './native.js';
+export { PacketFlag, VnetHdr } from './native.js';
 
 export class AfPacket implements PacketSource, PacketSink {
   readonly ifname: string;
@@ -51,12 +51,12 @@ export class AfPacket implements PacketSource, PacketSink {
   /** As send(), returning the number of packets the kernel took. */
   transmit(batch: Batch): number {
     if (batch.count === 0) return 0;
-    return this.h.sendBatch(this.slots.slotFor(this.h, batch), 0, batch.count);
+    return this.h.sendBatch(this.slots.slotForSend(this.h, batch), 0, batch.count);
   }
 
   /** Transmits the FORWARD packets of [start, start + count). */
   sendRange(batch: Batch, start: number, count: number): number {
-    return this.h.sendBatch(this.slots.slotFor(this.h, batch), start, count);
+    return this.h.sendBatch(this.slots.slotForSend(this.h, batch), start, count);
   }
 
   /** tp_packets / tp_drops / tp_freeze_q_cnt (PACKET_STATISTICS, accumulated) plus rx_* / tx_* counters. */

@@ -93,8 +93,20 @@ export interface AfPacketOptions {
   promisc?: boolean;
   /** Set up the receive ring (default true); false for a transmit-only socket. */
   rx?: boolean;
+  /**
+   * PACKET_VNET_HDR (default false): each frame in the arena is preceded by
+   * its 10-byte virtio_net_hdr (little-endian: flags, gso_type, hdr_len,
+   * gso_size, csum_start, csum_offset); off[i] points after it. recvBatch
+   * writes it; sendBatch sends the 10 bytes before each frame as its header,
+   * so GSO super-frames (PacketFlag.GSO) and partial checksums keep their
+   * offload and the kernel segments / completes them on transmit.
+   */
+  vnetHdr?: boolean;
   port?: number;
 }
+
+/** Bytes of the virtio_net_hdr in front of each frame with vnetHdr, and its fields (offsets from the header start). */
+export const VnetHdr = { LEN: 10, FLAGS: 0, GSO_TYPE: 1, HDR_LEN: 2, GSO_SIZE: 4, CSUM_START: 6, CSUM_OFFSET: 8, F_NEEDS_CSUM: 1 } as const;
 
 export interface NativeAfPacket extends NativeHandle {
   recvBatch(slot: number, startCount: number, startUsed: number): number;
@@ -102,7 +114,7 @@ export interface NativeAfPacket extends NativeHandle {
   /** tp_* are PACKET_STATISTICS accumulated since open (the kernel resets them on each read). */
   stats(): { tp_packets: number; tp_drops: number; tp_freeze_q_cnt: number } & Record<string, number>;
   linkType(): number;
-  features(): { ignoreOutgoing: boolean; ignoreOutgoingInKernel: boolean; qdiscBypass: boolean; fanout: boolean; rx: boolean; ifindex: number; blockSize: number; ringBlocks: number };
+  features(): { ignoreOutgoing: boolean; ignoreOutgoingInKernel: boolean; qdiscBypass: boolean; fanout: boolean; vnetHdr: boolean; rx: boolean; ifindex: number; blockSize: number; ringBlocks: number };
 }
 
 /** Bits of the optional per-packet flags array (AF_PACKET). */
@@ -115,6 +127,8 @@ export const PacketFlag = {
   TRUNCATED: 4,
   /** An offloaded 802.1Q tag was written back into the frame. */
   VLAN_RESTORED: 8,
+  /** vnetHdr: a GSO super-frame (longer than the MTU); the kernel segments it on transmit. */
+  GSO: 16,
 } as const;
 
 export interface NativeAddon {
@@ -205,6 +219,18 @@ export class SlotCache {
     this.lastFlags = flags;
     this.lastSlot = slot;
     return slot;
+  }
+
+  /**
+   * For transmit calls, which never touch the flags array: the batch's slot
+   * whatever flags it was attached with, so alternating recv(batch, flags)
+   * and send(batch) on one handle does not detach and attach every time.
+   */
+  slotForSend(h: NativeHandle, batch: NativeBatch): number {
+    if (batch === this.lastBatch) return this.lastSlot;
+    const slot = this.slots.get(batch);
+    if (slot !== undefined) return slot;
+    return this.slotFor(h, batch);
   }
 
   /** Drops a batch's slot (the addon releases its references). */
