@@ -1,5 +1,7 @@
 /* C floor for bench/flow.ts: the same flow table as src/flow/flow-table.ts
- * (64-byte records addressed by id, a separate index of (hash, id + 1) pairs
+ * (64-byte records addressed by id holding the key's hot words, hash, state,
+ * last seen and the packet/byte counters; the first three words of IPv6
+ * addresses and the timer wheel links in side arrays; a separate index of (hash, id + 1) pairs
  * with twice as many slots as records, linear probing bounded to 16 slots,
  * MurmurHash3 mixing of the canonical IPv4 key), measured on the same key
  * stream: N flows inserted, then a precomputed stream of lookups (each key
@@ -17,15 +19,18 @@
 #define PROBE 16
 
 typedef struct {
-  uint32_t a[4], b[4];
+  uint32_t a, b; /* IPv4 address, or the last word of an IPv6 one */
   uint32_t ports, pf;
-  uint8_t state, flags, pad[2];
   uint32_t hash;
-  int32_t next, prev;
+  uint8_t state, flags, pad[2];
   double last;
-} rec_t; /* 64 bytes */
+  double pkts[2], bytes[2];
+} rec_t;
+_Static_assert(sizeof(rec_t) == 64, "one record is one 64-byte cache line");
 
 static rec_t *recs;
+static uint32_t *hi;          /* 6 words per flow: IPv6 address words 0-2 of A, then of B */
+static int32_t *wnext, *wprev; /* timer wheel links; wnext doubles as the free list */
 static uint32_t *idx;
 static uint32_t imask, seed = 7;
 static int32_t free_head;
@@ -56,7 +61,7 @@ static int32_t find4(uint32_t h, uint32_t a, uint32_t b, uint32_t ports, uint32_
     if (e == 0) return -1;
     if (idx[2 * s] == h) {
       rec_t *r = &recs[e - 1];
-      if (r->a[3] == a && r->b[3] == b && r->ports == ports && r->pf == pf) return (int32_t)e - 1;
+      if (r->a == a && r->b == b && r->ports == ports && r->pf == pf) return (int32_t)e - 1;
     }
     s = (s + 1) & imask;
   }
@@ -81,9 +86,10 @@ static int32_t insert4(uint32_t s, uint32_t d, uint32_t sp, uint32_t dp, uint32_
       if (free_head < 0) return -1;
       f = free_head;
       rec_t *r = &recs[f];
-      free_head = r->next;
+      free_head = wnext[f];
       memset(r, 0, sizeof *r);
-      r->a[3] = a; r->b[3] = b; r->ports = ports; r->pf = proto; r->hash = h; r->state = 1; r->last = now;
+      memset(&hi[(size_t)f * 6], 0, 6 * sizeof *hi);
+      r->a = a; r->b = b; r->ports = ports; r->pf = proto; r->hash = h; r->state = 1; r->last = now;
       idx[2 * slot] = h; idx[2 * slot + 1] = (uint32_t)f + 1;
       return f;
     }
@@ -103,9 +109,12 @@ int main(int argc, char **argv) {
   uint32_t cap = argc > 2 ? (uint32_t)strtoul(argv[2], 0, 10) : 16384;
   uint32_t q = argc > 3 ? (uint32_t)strtoul(argv[3], 0, 10) : (1u << 20);
   recs = aligned_alloc(64, (size_t)cap * sizeof(rec_t));
+  hi = calloc((size_t)cap * 6, sizeof(uint32_t));
+  wnext = calloc(cap, sizeof(int32_t));
+  wprev = calloc(cap, sizeof(int32_t));
   idx = calloc((size_t)cap * 4, sizeof(uint32_t));
   imask = cap * 2 - 1;
-  for (uint32_t f = 0; f < cap; f++) recs[f].next = f + 1 < cap ? (int32_t)(f + 1) : -1;
+  for (uint32_t f = 0; f < cap; f++) wnext[f] = f + 1 < cap ? (int32_t)(f + 1) : -1;
   free_head = 0;
 
   /* The same key generator and lookup stream as bench/flow.ts. */

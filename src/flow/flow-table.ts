@@ -3,20 +3,26 @@
 // VPP's bihash). The hot path is trackBatch(): per packet one hash, one or two
 // cache lines of index and record, a few writes; no allocation.
 //
-// Layout (bytes per flow at full capacity: 64 record + 32 counters + 8 first
-// seen + 16 index = 120, plus a fixed 64 KiB timer wheel):
+// Layout (bytes per flow at full capacity: 64 record + 24 IPv6 high words +
+// 8 wheel links + 8 first seen + 16 index = 120, plus a fixed timer wheel):
 // - Records are addressed by a stable flow id (0..capacity-1). The id is what
 //   trackBatch stores in flowOf, so NAT and LB can keep it: a record never
-//   moves while its flow lives. One record is one 64-byte cache line, viewed
-//   through four typed arrays over one ArrayBuffer:
-//     words 0-3   endpoint A address (IPv4: word 3, words 0-2 zero)
-//     words 4-7   endpoint B address
-//     word 8      port A << 16 | port B
-//     word 9      protocol | 0x100 for IPv6 (the family tag)
-//     byte 40     state (FlowState), byte 41 flags (FlowFlag)
-//     word 11     hash of the key
-//     words 12-13 next / prev in the timer wheel (next doubles as the free list link)
-//     f64 7       last seen (seconds, packet time)
+//   moves while its flow lives. One record is one 64-byte cache line holding
+//   everything a packet reads or writes (so a tracked packet touches one index
+//   line and one record line), viewed through four typed arrays over one
+//   ArrayBuffer:
+//     word 0      endpoint A address (IPv4; for IPv6 its last word)
+//     word 1      endpoint B address (same)
+//     word 2      port A << 16 | port B
+//     word 3      protocol | 0x100 for IPv6 (the family tag)
+//     word 4      hash of the key
+//     byte 20     state (FlowState), byte 21 flags (FlowFlag)
+//     f64 3       last seen (seconds, packet time)
+//     f64 4-5     packets from the client, from the server
+//     f64 6-7     bytes from the client, from the server
+//   Cold per-flow data lives in side arrays indexed by id: the first three
+//   words of each IPv6 address (`hi`, zero for IPv4; only compared after the
+//   hot words matched), the timer wheel links and the first-seen time.
 //   A is the lower endpoint (address, then port), so both directions of a
 //   conversation give the same key; FlowFlag.CLIENT_IS_B remembers which side
 //   sent the first packet (the client).
@@ -25,13 +31,16 @@
 //   use), linear probing bounded to `probe` slots. Deletion is by backward
 //   shift, not tombstones: tombstones would lengthen probes until a rebuild,
 //   and a rebuild is a full pause on the hot path; backward shift moves a few
-//   8-byte index pairs and never moves a record, so flow ids stay stable.
+//   8-byte index pairs and never moves a record, so flow ids stay stable. The
+//   full 32-bit hash in the index entry acts as the tag: a mismatch (another
+//   key in the probe window) almost never touches its record.
 // - Times are seconds as Float64 (packet time: tsSec + tsNsec / 1e9), so the
 //   table works on replayed captures. The table clock only moves forward
 //   (the highest packet time seen), which keeps expiry sane on captures with
 //   timestamps out of order.
 // - Expiry: a single-level timer wheel of `wheelSlots` buckets (doubly linked
-//   lists threaded through the records) with a tick chosen so that the longest
+//   lists in two Int32Arrays indexed by flow id, the bucket heads after the
+//   last flow so a link is never a special case) with a tick chosen so that the longest
 //   timeout fits in the wheel. A flow sits in the bucket of the deadline it had
 //   when it was linked; packets only refresh lastSeen (no list work per
 //   packet), and when its bucket comes due a flow is either expired or
@@ -174,14 +183,19 @@ export interface FlowInfo {
 }
 
 const REC_WORDS = 16; // 64-byte record
-const W_PORTS = 8;
-const W_PF = 9;
-const B_STATE = 40;
-const B_FLAGS = 41;
-const W_HASH = 11;
-const W_NEXT = 12;
-const W_PREV = 13;
-const F_LAST = 7;
+// Record fields (word, byte and f64 indices within a record).
+const W_A = 0;
+const W_B = 1;
+const W_PORTS = 2;
+const W_PF = 3;
+const W_HASH = 4;
+const B_STATE = 20;
+const B_FLAGS = 21;
+const F_LAST = 3;
+const F_PKTS = 4; // + dir
+const F_BYTES = 6; // + dir
+/** Int32 words per flow in `hi`: words 0-2 of address A, then words 0-2 of address B. */
+const HI_WORDS = 6;
 
 const TCP_FIN = 0x01;
 const TCP_SYN = 0x02;
@@ -194,6 +208,12 @@ const PROTO_UDP = 17;
 const PROTO_ICMPV6 = 58;
 
 const NO_TIME = -Infinity;
+
+const S_TCP_SYN_RECV = FlowState.TCP_SYN_RECV;
+const S_TCP_TIME_WAIT = FlowState.TCP_TIME_WAIT;
+const S_TCP_CLOSED = FlowState.TCP_CLOSED;
+const S_TCP_FIN_WAIT = FlowState.TCP_FIN_WAIT;
+const CLIENT_IS_B = FlowFlag.CLIENT_IS_B;
 
 /** Protocols whose flows need ports: without them (cut header, tiny first fragment) a packet is not tracked. */
 function needsPorts(proto: number): boolean {
@@ -243,16 +263,20 @@ export class FlowTable {
   readonly i32: Int32Array;
   readonly u8: Uint8Array;
   readonly f64: Float64Array;
-  /** Per flow: packets from client, packets from server, bytes from client, bytes from server. */
-  readonly stats: Float64Array;
+  /** Per flow: words 0-2 of IPv6 address A, then of B (zero for IPv4). */
+  readonly hi: Int32Array;
   readonly firstSeen: Float64Array;
   /** Index: (hash, id + 1) pairs, id + 1 = 0 means empty. */
   readonly idx: Int32Array;
 
   private readonly imask: number;
   private readonly wmask: number;
-  private readonly sNext: Int32Array;
-  private readonly sPrev: Int32Array;
+  /**
+   * Timer wheel links: node ids 0..capacity-1 are flows, capacity + b is the
+   * head (sentinel) of bucket b. next doubles as the free list link (-1 ends it).
+   */
+  private readonly wNext: Int32Array;
+  private readonly wPrev: Int32Array;
   private cursor = 0;
   private wheelVisits = 0;
   private wheelExpired = 0;
@@ -306,12 +330,12 @@ export class FlowTable {
     this.i32 = new Int32Array(rec);
     this.u8 = new Uint8Array(rec);
     this.f64 = new Float64Array(rec);
-    this.stats = new Float64Array(cap * 4);
+    this.hi = new Int32Array(cap * HI_WORDS);
     this.firstSeen = new Float64Array(cap);
     this.idx = new Int32Array(cap * 2 * 2);
     this.imask = cap * 2 - 1;
-    this.sNext = new Int32Array(ws);
-    this.sPrev = new Int32Array(ws);
+    this.wNext = new Int32Array(cap + ws);
+    this.wPrev = new Int32Array(cap + ws);
     this.flowOf = new Int32Array(opts.batchCapacity ?? 256);
     this.cv = counters ? counters.values : new Float64Array(COUNTER_DEFS.length);
     const fragCap = opts.fragCapacity ?? 4096;
@@ -321,14 +345,15 @@ export class FlowTable {
 
   /** Forgets every flow (off the hot path). */
   clear(): void {
-    const cap = this.capacity, i32 = this.i32;
+    const cap = this.capacity, wNext = this.wNext, wPrev = this.wPrev;
     this.u32.fill(0);
+    this.hi.fill(0);
     this.idx.fill(0);
-    for (let f = 0; f < cap; f++) i32[(f << 4) + W_NEXT] = f + 1 < cap ? f + 1 : -1;
+    for (let f = 0; f < cap; f++) wNext[f] = f + 1 < cap ? f + 1 : -1;
     this.freeHead = 0;
-    for (let b = 0; b < this.wheelSlots; b++) {
-      this.sNext[b] = -(b + 1);
-      this.sPrev[b] = -(b + 1);
+    for (let b = cap; b < cap + this.wheelSlots; b++) {
+      wNext[b] = b;
+      wPrev[b] = b;
     }
     this.size = 0;
     this.clock = NO_TIME;
@@ -342,6 +367,11 @@ export class FlowTable {
    * Tracks every packet of a parsed batch: finds or creates its flow, counts
    * it, advances TCP state, fills flowOf. Then lets the timer wheel expire a
    * bounded number of flows.
+   *
+   * The per-packet path is written out by hand (hash and probe inlined, typed
+   * arrays in locals, rare cases in methods): TurboFan's inlining budget is
+   * spent differently from run to run on a function this size, and a missed
+   * inline of the hash or the probe cost a third of the throughput.
    */
   trackBatch(batch: Batch, meta: Meta, counters: Counters): void {
     const n = batch.count;
@@ -351,45 +381,38 @@ export class FlowTable {
     const frags = this.frags;
     if (frags) frags.cv = cv;
     const flowOf = this.flowOf, arena = batch.arena;
-    const i32 = this.i32, u8 = this.u8, f64 = this.f64, stats = this.stats, to = this.timeout;
+    const bOff = batch.off, bCapLen = batch.capLen, bOrigLen = batch.origLen, bSec = batch.tsSec, bNsec = batch.tsNsec;
+    const mFlags = meta.flags, mProto = meta.l4Proto, mVer = meta.ipVersion, mL3 = meta.l3Off, mL4 = meta.l4Off;
+    const mFragOff = meta.fragOff, mSrc4 = meta.src4, mDst4 = meta.dst4, mSport = meta.srcPort, mDport = meta.dstPort;
+    const mTcpFlags = meta.tcpFlags, mIcmpType = meta.icmpType;
+    const i32 = this.i32, u8 = this.u8, f64 = this.f64, to = this.timeout, idx = this.idx;
+    const mask = this.imask, probe = this.probe, seed = this.seed;
     const k = this.k;
+    let clock = this.clock;
     for (let i = 0; i < n; i++) {
-      flowOf[i] = -1;
-      const fl = meta.flags[i];
-      if ((fl & M_L3) === 0) continue;
-      const t = batch.tsSec[i] + batch.tsNsec[i] * 1e-9;
-      if (t > this.clock) {
+      const fl = mFlags[i];
+      if ((fl & M_L3) === 0) {
+        flowOf[i] = -1;
+        continue;
+      }
+      const t = bSec[i] + bNsec[i] * 1e-9;
+      if (t > clock) {
         // (inline: a double passed to a call that is not inlined is boxed)
-        if (this.clock === NO_TIME) this.cursor = Math.floor(t / this.tickSec) - 1;
+        if (clock === NO_TIME) this.cursor = Math.floor(t / this.tickSec) - 1;
+        clock = t;
         this.clock = t;
       }
-      const now = this.clock;
-      const proto = meta.l4Proto[i];
-      const v6 = meta.ipVersion[i] === 6;
-      const l3 = batch.off[i] + meta.l3Off[i];
-      const wire = batch.origLen[i];
+      const now = clock;
+      const proto = mProto[i];
+      const v6 = mVer[i] === 6;
+      const wire = bOrigLen[i];
 
-      if ((fl & M_FRAGMENT) !== 0 && meta.fragOff[i] !== 0) {
+      if ((fl & M_FRAGMENT) !== 0 && mFragOff[i] !== 0) {
         // Non-first fragment: no ports here; its train tells the flow.
         let fid = -1;
         if (frags) {
-          if (v6) frags.setKey6(arena, l3, proto, meta.fragId[i]);
-          else frags.setKey4(meta.src4[i], meta.dst4[i], proto, meta.fragId[i]);
-          frags.now = now;
-          fid = frags.later(meta.l4Len[i], meta.fragOff[i], (fl & M_MF) !== 0, wire);
-          if (fid >= 0) {
-            if (u8[(fid << 6) + B_STATE] !== FlowState.FREE && i32[(fid << 4) + W_HASH] === frags.outFlowHash) {
-              const d = frags.outDir;
-              stats[(fid << 2) + d]++;
-              stats[(fid << 2) + 2 + d] += wire;
-              f64[(fid << 3) + F_LAST] = now;
-              cv[C_FRAG_MATCHED]++;
-            } else {
-              // The flow ended and its id was reused since the first fragment.
-              cv[C_FRAG_UNMATCHED]++;
-              fid = -1;
-            }
-          }
+          frags.now = now; // (a field, not an argument: a double passed to a call is boxed)
+          fid = this.laterFragment(arena, bOff[i] + mL3[i], meta, i, fl, proto, v6, wire);
         }
         if (fid < 0) cv[C_FLOW_NOT_TRACKED]++;
         flowOf[i] = fid;
@@ -398,18 +421,19 @@ export class FlowTable {
 
       let sp = 0, dp = 0;
       if ((fl & M_PORTS) !== 0) {
-        sp = meta.srcPort[i];
-        dp = meta.dstPort[i];
+        sp = mSport[i];
+        dp = mDport[i];
       } else if ((proto === PROTO_ICMP || proto === PROTO_ICMPV6) && (fl & M_L4) !== 0) {
-        const ty = meta.icmpType[i];
+        const ty = mIcmpType[i];
         // RFC 792 / RFC 4443 4.1-4.2: echo request and reply carry an
         // identifier that both directions share; it plays the port.
         if (ty === 8 || ty === 0 || ty === 128 || ty === 129) {
-          const io = batch.off[i] + meta.l4Off[i] + 4;
-          if (meta.l4Off[i] + 6 <= batch.capLen[i]) sp = dp = (arena[io] << 8) | arena[io + 1];
+          const io = bOff[i] + mL4[i] + 4;
+          if (mL4[i] + 6 <= bCapLen[i]) sp = dp = (arena[io] << 8) | arena[io + 1];
         }
       } else if (needsPorts(proto) || proto === PROTO_ICMP || proto === PROTO_ICMPV6) {
         cv[C_FLOW_NOT_TRACKED]++;
+        flowOf[i] = -1;
         continue;
       }
 
@@ -422,27 +446,66 @@ export class FlowTable {
       if (!v6) {
         // Key words are int32 bit patterns (small integers in V8, never boxed);
         // the signed order is as good a canonical order as any.
-        const s4 = meta.src4[i] | 0, d4 = meta.dst4[i] | 0;
+        const s4 = mSrc4[i] | 0, d4 = mDst4[i] | 0;
         if (s4 < d4 || (s4 === d4 && sp <= dp)) {
           a = s4; b = d4; ports = (sp << 16) | dp;
         } else {
           a = d4; b = s4; ports = (dp << 16) | sp; swap = 1;
         }
-        h = this.hash4(a, b, ports, pf);
-        f = this.find4(h, a, b, ports, pf);
+        // hash4 and find4, inlined by hand (see above).
+        let x = Math.imul(a, 0xcc9e2d51);
+        x = Math.imul((x << 15) | (x >>> 17), 0x1b873593);
+        h = seed ^ x;
+        h = (Math.imul((h << 13) | (h >>> 19), 5) + 0xe6546b64) | 0;
+        x = Math.imul(b, 0xcc9e2d51);
+        x = Math.imul((x << 15) | (x >>> 17), 0x1b873593);
+        h ^= x;
+        h = (Math.imul((h << 13) | (h >>> 19), 5) + 0xe6546b64) | 0;
+        x = Math.imul(ports, 0xcc9e2d51);
+        x = Math.imul((x << 15) | (x >>> 17), 0x1b873593);
+        h ^= x;
+        h = (Math.imul((h << 13) | (h >>> 19), 5) + 0xe6546b64) | 0;
+        x = Math.imul(pf, 0xcc9e2d51);
+        x = Math.imul((x << 15) | (x >>> 17), 0x1b873593);
+        h ^= x;
+        h = (Math.imul((h << 13) | (h >>> 19), 5) + 0xe6546b64) | 0;
+        h ^= 16;
+        h ^= h >>> 16;
+        h = Math.imul(h, 0x85ebca6b);
+        h ^= h >>> 13;
+        h = Math.imul(h, 0xc2b2ae35);
+        h ^= h >>> 16;
+        let s = h & mask;
+        for (let p = 0; p < probe; p++) {
+          const e = idx[2 * s + 1];
+          if (e === 0) break;
+          if (idx[2 * s] === h) {
+            const r = (e - 1) << 4;
+            if (i32[r + W_A] === a && i32[r + W_B] === b && i32[r + W_PORTS] === ports && i32[r + W_PF] === pf) {
+              f = e - 1;
+              break;
+            }
+          }
+          s = (s + 1) & mask;
+        }
       } else {
-        swap = this.key6(arena, l3 + 8, l3 + 24, sp, dp, pf);
+        swap = this.key6(arena, bOff[i] + mL3[i] + 8, bOff[i] + mL3[i] + 24, sp, dp, pf);
         h = this.hash6();
         f = this.find6(h);
       }
 
       let created = false;
-      const tf = proto === PROTO_TCP && (fl & M_TCP_FLAGS) !== 0 ? meta.tcpFlags[i] : 0;
-      if (f >= 0 && f64[(f << 3) + F_LAST] + to[u8[(f << 6) + B_STATE]] <= now) {
-        // Past its deadline though the wheel has not got to it yet.
-        this.removeFlow(f, true);
-        cv[C_FLOW_EXPIRED]++;
-        f = -1;
+      const tf = proto === PROTO_TCP && (fl & M_TCP_FLAGS) !== 0 ? mTcpFlags[i] : 0;
+      if (f >= 0) {
+        const st = u8[(f << 6) + B_STATE];
+        if (f64[(f << 3) + F_LAST] + to[st] <= now) {
+          // Past its deadline though the wheel has not got to it yet.
+          this.removeFlow(f, true);
+          cv[C_FLOW_EXPIRED]++;
+          f = -1;
+        } else if ((tf & (TCP_SYN | TCP_ACK | TCP_RST)) === TCP_SYN && (st === S_TCP_TIME_WAIT || st === S_TCP_CLOSED)) {
+          this.reopen(f, swap, now);
+        }
       }
       if (f < 0) {
         if (!v6) {
@@ -451,41 +514,76 @@ export class FlowTable {
           k[8] = ports; k[9] = pf;
         }
         const st = proto === PROTO_TCP ? initialTcpState(tf) : nonTcpState(proto);
-        f = this.insertNew(h, now, swap, st, st === FlowState.TCP_FIN_WAIT ? FlowFlag.FIN_CLIENT : 0);
+        f = this.insertNew(h, now, swap, st, st === S_TCP_FIN_WAIT ? FlowFlag.FIN_CLIENT : 0);
         if (f < 0) {
           cv[C_FLOW_NOT_TRACKED]++;
+          flowOf[i] = -1;
           continue;
         }
         created = true;
-      } else if (proto === PROTO_TCP && (tf & (TCP_SYN | TCP_ACK | TCP_RST)) === TCP_SYN) {
-        const st = u8[(f << 6) + B_STATE];
-        if (st === FlowState.TCP_TIME_WAIT || st === FlowState.TCP_CLOSED) this.reopen(f, swap, now);
       }
 
-      const dir = swap ^ (u8[(f << 6) + B_FLAGS] & FlowFlag.CLIENT_IS_B);
-      stats[(f << 2) + dir]++;
-      stats[(f << 2) + 2 + dir] += wire;
-      f64[(f << 3) + F_LAST] = now;
-      if (!created && tf !== 0) this.tcpUpdate(f, dir, tf);
+      const fo = f << 3;
+      const dir = swap ^ (u8[(fo << 3) + B_FLAGS] & CLIENT_IS_B);
+      f64[fo + F_PKTS + dir]++;
+      f64[fo + F_BYTES + dir] += wire;
+      f64[fo + F_LAST] = now;
+      // Only RST, SYN, FIN, or the ACK that establishes a SYN_RECV flow (traffic
+      // seen both ways) can move the state: the call is skipped otherwise.
+      if (!created && tf !== 0 && ((tf & (TCP_RST | TCP_SYN | TCP_FIN)) !== 0 ||
+        ((tf & TCP_ACK) !== 0 && u8[(fo << 3) + B_STATE] === S_TCP_SYN_RECV && f64[fo + F_PKTS] !== 0 && f64[fo + F_PKTS + 1] !== 0))) {
+        this.tcpUpdate(f, dir, tf);
+      }
       flowOf[i] = f;
 
       if ((fl & M_FRAGMENT) !== 0 && frags) {
-        // First fragment: remember the train for the fragments that follow.
-        if (v6) frags.setKey6(arena, l3, proto, meta.fragId[i]);
-        else frags.setKey4(meta.src4[i], meta.dst4[i], proto, meta.fragId[i]);
         frags.now = now;
-        frags.first(f, h, dir, meta.l4Len[i]);
-        if (frags.creditPkts !== 0) {
-          stats[(f << 2) + dir] += frags.creditPkts;
-          stats[(f << 2) + 2 + dir] += frags.creditBytes;
-          cv[C_FRAG_MATCHED] += frags.creditPkts;
-        }
+        this.firstFragment(arena, bOff[i] + mL3[i], meta, i, proto, v6, f, h, dir);
       }
     }
     this.runWheel(this.expireBudget, false);
     if (frags && this.clock !== NO_TIME) {
       frags.now = this.clock;
       frags.sweep(64);
+    }
+  }
+
+  /**
+   * A non-first fragment at time frags.now: the flow its train was given by
+   * the first fragment, or -1 (counted by the caller).
+   */
+  private laterFragment(arena: Uint8Array, l3: number, meta: Meta, i: number, fl: number, proto: number, v6: boolean, wire: number): number {
+    const frags = this.frags!;
+    if (v6) frags.setKey6(arena, l3, proto, meta.fragId[i]);
+    else frags.setKey4(meta.src4[i], meta.dst4[i], proto, meta.fragId[i]);
+    const now = frags.now;
+    const fid = frags.later(meta.l4Len[i], meta.fragOff[i], (fl & M_MF) !== 0, wire);
+    if (fid < 0) return -1;
+    if (this.u8[(fid << 6) + B_STATE] !== FlowState.FREE && this.i32[(fid << 4) + W_HASH] === frags.outFlowHash) {
+      const o = (fid << 3) + frags.outDir;
+      const f64 = this.f64;
+      f64[o + F_PKTS]++;
+      f64[o + F_BYTES] += wire;
+      f64[(fid << 3) + F_LAST] = now;
+      this.cv[C_FRAG_MATCHED]++;
+      return fid;
+    }
+    // The flow ended and its id was reused since the first fragment.
+    this.cv[C_FRAG_UNMATCHED]++;
+    return -1;
+  }
+
+  /** A first fragment of flow f at time frags.now: remember the train for the fragments that follow, credit any that came early. */
+  private firstFragment(arena: Uint8Array, l3: number, meta: Meta, i: number, proto: number, v6: boolean, f: number, h: number, dir: number): void {
+    const frags = this.frags!;
+    if (v6) frags.setKey6(arena, l3, proto, meta.fragId[i]);
+    else frags.setKey4(meta.src4[i], meta.dst4[i], proto, meta.fragId[i]);
+    frags.first(f, h, dir, meta.l4Len[i]);
+    if (frags.creditPkts !== 0) {
+      const o = (f << 3) + dir;
+      this.f64[o + F_PKTS] += frags.creditPkts;
+      this.f64[o + F_BYTES] += frags.creditBytes;
+      this.cv[C_FRAG_MATCHED] += frags.creditPkts;
     }
   }
 
@@ -570,19 +668,19 @@ export class FlowTable {
   }
   /** dir 0: from the client, 1: from the server. */
   packets(id: number, dir: number): number {
-    return this.stats[(id << 2) + dir];
+    return this.f64[(id << 3) + F_PKTS + dir];
   }
   bytes(id: number, dir: number): number {
-    return this.stats[(id << 2) + 2 + dir];
+    return this.f64[(id << 3) + F_BYTES + dir];
   }
   deadline(id: number): number {
     return this.f64[(id << 3) + F_LAST] + this.timeout[this.u8[(id << 6) + B_STATE]];
   }
 
-  /** Typed-array bytes held by the table (records, counters, index, wheel, fragment table). */
+  /** Typed-array bytes held by the table (records, IPv6 words, wheel, first seen, index, fragment table). */
   memoryBytes(): number {
-    return this.u32.byteLength + this.stats.byteLength + this.firstSeen.byteLength + this.idx.byteLength +
-      this.sNext.byteLength + this.sPrev.byteLength + this.timeout.byteLength + this.flowOf.byteLength + this.k.byteLength +
+    return this.u32.byteLength + this.hi.byteLength + this.firstSeen.byteLength + this.idx.byteLength +
+      this.wNext.byteLength + this.wPrev.byteLength + this.timeout.byteLength + this.flowOf.byteLength + this.k.byteLength +
       (this.frags ? this.frags.memoryBytes() : 0);
   }
 
@@ -598,10 +696,11 @@ export class FlowTable {
   }
 
   info(f: number): FlowInfo {
-    const u32 = this.u32, r = f << 4;
+    const u32 = this.u32, r = f << 4, hi = this.hi, ho = f * HI_WORDS;
     const v6 = (u32[r + W_PF] & 0x100) !== 0;
     const clientIsB = (this.u8[(f << 6) + B_FLAGS] & FlowFlag.CLIENT_IS_B) !== 0;
-    const addrA = formatAddr(u32, r, v6), addrB = formatAddr(u32, r + 4, v6);
+    const addrA = formatAddr(hi[ho], hi[ho + 1], hi[ho + 2], u32[r + W_A], v6);
+    const addrB = formatAddr(hi[ho + 3], hi[ho + 4], hi[ho + 5], u32[r + W_B], v6);
     const portA = u32[r + W_PORTS] >>> 16, portB = u32[r + W_PORTS] & 0xffff;
     return {
       id: f,
@@ -612,10 +711,10 @@ export class FlowTable {
       clientPort: clientIsB ? portB : portA,
       server: clientIsB ? addrA : addrB,
       serverPort: clientIsB ? portA : portB,
-      packetsFromClient: this.stats[f * 4],
-      packetsFromServer: this.stats[f * 4 + 1],
-      bytesFromClient: this.stats[f * 4 + 2],
-      bytesFromServer: this.stats[f * 4 + 3],
+      packetsFromClient: this.packets(f, 0),
+      packetsFromServer: this.packets(f, 1),
+      bytesFromClient: this.bytes(f, 0),
+      bytesFromServer: this.bytes(f, 1),
       firstSeen: this.firstSeen[f],
       lastSeen: this.lastSeen(f),
       expiresAt: this.deadline(f),
@@ -630,6 +729,7 @@ export class FlowTable {
     this.clock = t;
   }
 
+  /** MurmurHash3 of the canonical IPv4 key (trackBatch has a hand-inlined copy). */
   private hash4(a: number, b: number, ports: number, pf: number): number {
     let h = this.seed;
     h = mix32(h, a);
@@ -646,6 +746,7 @@ export class FlowTable {
     return fmix32(h ^ 40);
   }
 
+  /** Probe for an IPv4 key (trackBatch has a hand-inlined copy). */
   private find4(h: number, a: number, b: number, ports: number, pf: number): number {
     const idx = this.idx, i32 = this.i32, mask = this.imask, probe = this.probe;
     let s = h & mask;
@@ -654,7 +755,7 @@ export class FlowTable {
       if (e === 0) return -1;
       if (idx[2 * s] === h) {
         const r = (e - 1) << 4;
-        if (i32[r + 3] === a && i32[r + 7] === b && i32[r + W_PORTS] === ports && i32[r + W_PF] === pf) return e - 1;
+        if (i32[r + W_A] === a && i32[r + W_B] === b && i32[r + W_PORTS] === ports && i32[r + W_PF] === pf) return e - 1;
       }
       s = (s + 1) & mask;
     }
@@ -662,16 +763,16 @@ export class FlowTable {
   }
 
   private find6(h: number): number {
-    const idx = this.idx, i32 = this.i32, k = this.k, mask = this.imask;
+    const idx = this.idx, i32 = this.i32, hi = this.hi, k = this.k, mask = this.imask;
     let s = h & mask;
     for (let p = 0; p < this.probe; p++) {
       const e = idx[2 * s + 1];
       if (e === 0) return -1;
       if (idx[2 * s] === h) {
-        const r = (e - 1) << 4;
-        if (i32[r + 3] === k[3] && i32[r + 7] === k[7] && i32[r + W_PORTS] === k[8] && i32[r + W_PF] === k[9] &&
-          i32[r] === k[0] && i32[r + 1] === k[1] && i32[r + 2] === k[2] &&
-          i32[r + 4] === k[4] && i32[r + 5] === k[5] && i32[r + 6] === k[6]) return e - 1;
+        const r = (e - 1) << 4, o = (e - 1) * HI_WORDS;
+        if (i32[r + W_A] === k[3] && i32[r + W_B] === k[7] && i32[r + W_PORTS] === k[8] && i32[r + W_PF] === k[9] &&
+          hi[o] === k[0] && hi[o + 1] === k[1] && hi[o + 2] === k[2] &&
+          hi[o + 3] === k[4] && hi[o + 4] === k[5] && hi[o + 5] === k[6]) return e - 1;
       }
       s = (s + 1) & mask;
     }
@@ -745,7 +846,7 @@ export class FlowTable {
 
   private evictable(f: number, st: number): boolean {
     if (st <= FlowState.TCP_CLOSED) return st !== FlowState.TCP_ESTABLISHED;
-    return this.stats[f << 2] === 0 || this.stats[(f << 2) + 1] === 0;
+    return this.f64[(f << 3) + F_PKTS] === 0 || this.f64[(f << 3) + F_PKTS + 1] === 0;
   }
 
   /** Inserts the key in k (hash h, not present). Returns the new flow id or -1 (counted). */
@@ -769,7 +870,7 @@ export class FlowTable {
     }
     if (empty >= 0 && this.freeHead >= 0) {
       const f = this.freeHead;
-      this.freeHead = this.i32[(f << 4) + W_NEXT];
+      this.freeHead = this.wNext[f];
       idx[2 * empty] = h;
       idx[2 * empty + 1] = f + 1;
       this.size++;
@@ -814,7 +915,7 @@ export class FlowTable {
     // slots after it) and put the newcomer in the hole with the freed record.
     this.removeFlow(vf, true);
     const f = this.freeHead;
-    this.freeHead = this.i32[(f << 4) + W_NEXT];
+    this.freeHead = this.wNext[f];
     idx[2 * empty] = h;
     idx[2 * empty + 1] = f + 1;
     this.size++;
@@ -823,15 +924,20 @@ export class FlowTable {
   }
 
   private initFlow(f: number, h: number, now: number, swap: number, state: number, flags: number): void {
-    const i32 = this.i32, k = this.k, r = f << 4;
-    for (let w = 0; w < 10; w++) i32[r + w] = k[w];
+    const i32 = this.i32, hi = this.hi, k = this.k, r = f << 4, o = f * HI_WORDS;
+    i32[r + W_A] = k[3];
+    i32[r + W_B] = k[7];
+    i32[r + W_PORTS] = k[8];
+    i32[r + W_PF] = k[9];
     i32[r + W_HASH] = h;
+    hi[o] = k[0]; hi[o + 1] = k[1]; hi[o + 2] = k[2];
+    hi[o + 3] = k[4]; hi[o + 4] = k[5]; hi[o + 5] = k[6];
     this.u8[(f << 6) + B_STATE] = state;
     this.u8[(f << 6) + B_FLAGS] = (swap ? FlowFlag.CLIENT_IS_B : 0) | flags;
-    this.f64[(f << 3) + F_LAST] = now;
+    const f64 = this.f64, fo = f << 3;
+    f64[fo + F_LAST] = now;
+    f64[fo + F_PKTS] = 0; f64[fo + F_PKTS + 1] = 0; f64[fo + F_BYTES] = 0; f64[fo + F_BYTES + 1] = 0;
     this.firstSeen[f] = now;
-    const st = this.stats, o = f << 2;
-    st[o] = 0; st[o + 1] = 0; st[o + 2] = 0; st[o + 3] = 0;
     this.link(f, Math.ceil((now + this.timeout[state]) / this.tickSec));
     this.cv[C_FLOW_CREATED]++;
   }
@@ -841,8 +947,8 @@ export class FlowTable {
     this.u8[(f << 6) + B_STATE] = FlowState.TCP_SYN_SENT;
     this.u8[(f << 6) + B_FLAGS] = swap ? FlowFlag.CLIENT_IS_B : 0;
     this.firstSeen[f] = now;
-    const st = this.stats, o = f << 2;
-    st[o] = 0; st[o + 1] = 0; st[o + 2] = 0; st[o + 3] = 0;
+    const f64 = this.f64, fo = f << 3;
+    f64[fo + F_PKTS] = 0; f64[fo + F_PKTS + 1] = 0; f64[fo + F_BYTES] = 0; f64[fo + F_BYTES + 1] = 0;
     this.unlink(f);
     this.link(f, Math.ceil((now + this.timeout[FlowState.TCP_SYN_SENT]) / this.tickSec));
     this.cv[C_FLOW_REUSED]++;
@@ -864,7 +970,7 @@ export class FlowTable {
           ? FlowState.TCP_TIME_WAIT : FlowState.TCP_FIN_WAIT;
       }
     } else if ((tf & TCP_ACK) !== 0 && s === FlowState.TCP_SYN_RECV &&
-      this.stats[f << 2] !== 0 && this.stats[(f << 2) + 1] !== 0) {
+      this.f64[(f << 3) + F_PKTS] !== 0 && this.f64[(f << 3) + F_PKTS + 1] !== 0) {
       ns = FlowState.TCP_ESTABLISHED;
     }
     if (ns !== s) {
@@ -901,38 +1007,27 @@ export class FlowTable {
     }
     if (unlinkWheel) this.unlink(f);
     this.u8[(f << 6) + B_STATE] = FlowState.FREE;
-    this.i32[(f << 4) + W_NEXT] = this.freeHead;
+    this.wNext[f] = this.freeHead;
     this.freeHead = f;
     this.size--;
   }
 
-  // Timer wheel lists: a node is a flow id (>= 0) or a bucket sentinel -(b + 1).
-  private getNext(r: number): number {
-    return r >= 0 ? this.i32[(r << 4) + W_NEXT] : this.sNext[-r - 1];
-  }
-  private setNext(r: number, v: number): void {
-    if (r >= 0) this.i32[(r << 4) + W_NEXT] = v;
-    else this.sNext[-r - 1] = v;
-  }
-  private setPrev(r: number, v: number): void {
-    if (r >= 0) this.i32[(r << 4) + W_PREV] = v;
-    else this.sPrev[-r - 1] = v;
-  }
-
+  // Timer wheel lists: node f < capacity is a flow, capacity + b the head of bucket b.
   private link(f: number, tick: number): void {
-    const b = tick & this.wmask;
-    const s = -(b + 1);
-    const p = this.sPrev[b];
-    this.setNext(p, f);
-    this.i32[(f << 4) + W_PREV] = p;
-    this.i32[(f << 4) + W_NEXT] = s;
-    this.sPrev[b] = f;
+    const head = this.capacity + (tick & this.wmask);
+    const wNext = this.wNext, wPrev = this.wPrev;
+    const p = wPrev[head];
+    wNext[p] = f;
+    wPrev[f] = p;
+    wNext[f] = head;
+    wPrev[head] = f;
   }
 
   private unlink(f: number): void {
-    const p = this.i32[(f << 4) + W_PREV], n = this.i32[(f << 4) + W_NEXT];
-    this.setNext(p, n);
-    this.setPrev(n, p);
+    const wNext = this.wNext, wPrev = this.wPrev;
+    const p = wPrev[f], n = wNext[f];
+    wNext[p] = n;
+    wPrev[n] = p;
   }
 
   /**
@@ -961,27 +1056,27 @@ export class FlowTable {
   /** Visits the flows of bucket b: expires those due, re-links the rest at their deadline. False when out of budget. */
   private sweepBucket(b: number, budget: number): boolean {
     const tick = this.tickSec, clock = this.clock, to = this.timeout;
-    const f64 = this.f64, u8 = this.u8, i32 = this.i32, cv = this.cv;
-    const s = -(b + 1);
-    let cur = this.sNext[b];
+    const f64 = this.f64, u8 = this.u8, wNext = this.wNext, wPrev = this.wPrev, cv = this.cv;
+    const s = this.capacity + b;
+    let cur = wNext[s];
     if (cur === s) return true;
     // Detach the bucket: flows re-linked into it during this pass (due a lap
     // later, or later in the tick in progress) are not visited again now.
-    const last = this.sPrev[b];
-    this.sNext[b] = s;
-    this.sPrev[b] = s;
+    const last = wPrev[s];
+    wNext[s] = s;
+    wPrev[s] = s;
     while (cur !== s) {
       if (this.wheelVisits >= budget) {
         // Put the unvisited rest back at the head of the bucket.
-        const head = this.sNext[b];
-        this.sNext[b] = cur;
-        this.setPrev(cur, s);
-        this.setNext(last, head);
-        this.setPrev(head, last);
+        const head = wNext[s];
+        wNext[s] = cur;
+        wPrev[cur] = s;
+        wNext[last] = head;
+        wPrev[head] = last;
         return false;
       }
       this.wheelVisits++;
-      const nxt = i32[(cur << 4) + W_NEXT];
+      const nxt = wNext[cur];
       const deadline = f64[(cur << 3) + F_LAST] + to[u8[(cur << 6) + B_STATE]];
       if (deadline <= clock) {
         this.removeFlow(cur, false);
@@ -997,29 +1092,32 @@ export class FlowTable {
 
   /** Wheel consistency check for tests: every live flow is linked exactly once. Off the hot path. */
   checkWheel(): boolean {
+    const cap = this.capacity;
     let linked = 0;
     for (let b = 0; b < this.wheelSlots; b++) {
-      const s = -(b + 1);
+      const s = cap + b;
       let prev = s;
-      for (let r = this.sNext[b]; r !== s; r = this.getNext(r)) {
-        if (r < 0 || this.u8[(r << 6) + B_STATE] === FlowState.FREE) return false;
-        if (this.i32[(r << 4) + W_PREV] !== prev) return false;
+      for (let r = this.wNext[s]; r !== s; r = this.wNext[r]) {
+        if (r < 0 || r >= cap || this.u8[(r << 6) + B_STATE] === FlowState.FREE) return false;
+        if (this.wPrev[r] !== prev) return false;
         prev = r;
         if (++linked > this.size) return false;
       }
-      if (this.sPrev[b] !== prev) return false;
+      if (this.wPrev[s] !== prev) return false;
     }
     return linked === this.size;
   }
 }
 
-function formatAddr(u32: Uint32Array, r: number, v6: boolean): string {
+/** Dotted quad (IPv4: w3 only) or RFC 5952 text (IPv6: big-endian words w0..w3). */
+function formatAddr(w0: number, w1: number, w2: number, w3: number, v6: boolean): string {
   if (!v6) {
-    const w = u32[r + 3];
+    const w = w3 >>> 0;
     return `${w >>> 24}.${(w >>> 16) & 255}.${(w >>> 8) & 255}.${w & 255}`;
   }
+  const words = [w0 >>> 0, w1 >>> 0, w2 >>> 0, w3 >>> 0];
   const g: number[] = [];
-  for (let i = 0; i < 4; i++) g.push(u32[r + i] >>> 16, u32[r + i] & 0xffff);
+  for (let i = 0; i < 4; i++) g.push(words[i] >>> 16, words[i] & 0xffff);
   // RFC 5952 4.2: compress the longest run (>= 2) of zero groups, the first if tied.
   let best = -1, bestLen = 1;
   for (let i = 0; i < 8;) {
