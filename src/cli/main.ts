@@ -32,6 +32,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--write <out.pcap>', 'write every packet read to a pcap file')
     .option('--limit <n>', 'stop after n packets', positiveInt)
     .option('--keep-going', 'report a corrupt file and go on with the next one')
+    .option('--threads <n>', '1: everything on one thread; 2: read and parse on a worker thread (default)', positiveInt, 2)
     .option('--no-progress', 'no progress bar (it only shows on a terminal anyway)')
     .action(async (files: string[], opts) => {
       code = await runReplay(files, opts);

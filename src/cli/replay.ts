@@ -7,6 +7,7 @@
 
 import fs from 'node:fs';
 import { Batch } from '../io/batch.js';
+import type { Meta as MetaT } from '../wire/meta.js';
 import { openCapture, PcapFileWriter, PcapFormatError, type PcapFileReader } from '../io/pcap-file.js';
 import { Meta } from '../wire/meta.js';
 import { parseBatch } from '../wire/parse.js';
@@ -15,6 +16,8 @@ import { PARSE_STATUS_NAMES } from '../wire/status.js';
 import { FlowTable, type FlowInfo } from '../flow/flow-table.js';
 import { Counters } from '../counters.js';
 import { protoName, createProgress, type Progress } from './output.js';
+import { ThreadedCapture } from '../pipeline/threaded-capture.js';
+import { PARSE_STATUS_COUNT } from '../wire/status.js';
 
 export interface ReplayOptions {
   fields?: boolean;
@@ -24,6 +27,8 @@ export interface ReplayOptions {
   limit?: number;
   keepGoing?: boolean;
   progress?: boolean;
+  /** 1: read, parse and track on this thread; 2 (default): read and parse on a worker thread. */
+  threads?: number;
   /** Flow table capacity (power of two). */
   flowCapacity?: number;
   /** Where output goes (tests pass a collector). */
@@ -83,13 +88,17 @@ export async function replayFiles(files: string[], opts: ReplayOptions = {}): Pr
   const flowRows: (FlowInfo & { file: string })[] = [];
 
   const t0 = process.hrtime.bigint();
+  const threaded = (opts.threads ?? 2) > 1;
+  const statusTotals = new Float64Array(PARSE_STATUS_COUNT);
   for (const file of files) {
     if (summary.packets >= limit) break;
-    let reader: PcapFileReader;
+    let reader: PcapFileReader | null = null;
+    let tc: ThreadedCapture | null = null;
     const fs0: FileSummary = { file, format: '', packets: 0, bytes: 0, flows: 0 };
     summary.files.push(fs0);
     try {
-      reader = openCapture(file);
+      if (threaded) tc = new ThreadedCapture(file);
+      else reader = openCapture(file);
     } catch (err) {
       fs0.error = (err as Error).message;
       if (err instanceof PcapFormatError) fs0.errorOffset = err.offset;
@@ -98,13 +107,24 @@ export async function replayFiles(files: string[], opts: ReplayOptions = {}): Pr
       if (opts.keepGoing) continue;
       break;
     }
-    fs0.format = reader.format;
+    fs0.format = tc ? tc.format : reader!.format;
+    const fileSize = tc ? tc.fileSize : reader!.fileSize;
     frameBase = 0;
     try {
       for (;;) {
+        // The next parsed batch: from the worker thread's ring, or read and parsed here.
+        let b: Batch = batch, m: MetaT = meta;
         let n: number;
         try {
-          n = reader.recv(batch);
+          if (tc) {
+            if (!tc.next()) break;
+            b = tc.batch;
+            m = tc.meta;
+            n = b.count;
+          } else {
+            n = reader!.recv(batch);
+            if (n > 0) parseBatch(batch, meta);
+          }
         } catch (err) {
           if (!(err instanceof PcapFormatError)) throw err;
           fs0.error = err.message;
@@ -116,42 +136,48 @@ export async function replayFiles(files: string[], opts: ReplayOptions = {}): Pr
         if (n === 0) break;
         if (summary.packets + n > limit) {
           n = limit - summary.packets;
-          batch.count = n;
+          b.count = n;
+          m.count = n;
         }
-        parseBatch(batch, meta);
-        flows.trackBatch(batch, meta, counters);
+        flows.trackBatch(b, m, counters);
+        // Statuses counted here, for exactly the packets used (the reader
+        // thread may have parsed batches past --limit).
+        const st = m.status;
         for (let i = 0; i < n; i++) {
-          fs0.bytes += batch.origLen[i];
-          summary.capturedBytes += batch.capLen[i];
+          fs0.bytes += b.origLen[i];
+          summary.capturedBytes += b.capLen[i];
+          statusTotals[st[i]]++;
         }
         fs0.packets += n;
         summary.packets += n;
         if (opts.fields) {
           for (let i = 0; i < n; i++) {
-            fieldValues(batch.arena, batch.off[i], batch.capLen[i], batch.origLen[i], batch.linkType[i], batch.tsSec[i], batch.tsNsec[i], frameBase + i + 1, rowVals);
+            fieldValues(b.arena, b.off[i], b.capLen[i], b.origLen[i], b.linkType[i], b.tsSec[i], b.tsNsec[i], frameBase + i + 1, rowVals);
             out(rowVals.join(',') + '\n');
           }
         }
         frameBase += n;
         if (opts.write) {
-          const lt = batch.linkType[0];
+          const lt = b.linkType[0];
           if (!writer) {
             writer = new PcapFileWriter(opts.write, { linkType: lt, nanosecond: true });
             writerLink = lt;
           }
           for (let i = 0; i < n; i++) {
-            if (batch.linkType[i] !== writerLink) {
-              throw new Error(`${file}: packet ${frameBase - n + i + 1} has link type ${batch.linkType[i]} but ${opts.write} was started with ${writerLink}; a pcap file holds one link type (write each file separately)`);
+            if (b.linkType[i] !== writerLink) {
+              throw new Error(`${file}: packet ${frameBase - n + i + 1} has link type ${b.linkType[i]} but ${opts.write} was started with ${writerLink}; a pcap file holds one link type (write each file separately)`);
             }
-            writer.writePacket(batch.arena, batch.off[i], batch.capLen[i], batch.origLen[i], batch.tsSec[i], batch.tsNsec[i]);
+            writer.writePacket(b.arena, b.off[i], b.capLen[i], b.origLen[i], b.tsSec[i], b.tsNsec[i]);
           }
         }
-        if (progress) progress.update(doneBytes + reader.bytesRead);
+        if (tc) tc.release();
+        if (progress) progress.update(doneBytes + (tc ? tc.bytesRead : reader!.bytesRead));
         if (summary.packets >= limit) break;
       }
     } finally {
-      doneBytes += reader.fileSize;
-      reader.close();
+      doneBytes += fileSize;
+      tc?.close();
+      reader?.close();
     }
     summary.bytes += fs0.bytes;
     // Drain the table into the summary: this file's flows end here.
@@ -176,7 +202,10 @@ export async function replayFiles(files: string[], opts: ReplayOptions = {}): Pr
 
   summary.seconds = Number(t1 - t0) / 1e9;
   summary.packetsPerSecond = summary.seconds > 0 ? Math.round(summary.packets / summary.seconds) : 0;
-  for (let s = 0; s < PARSE_STATUS_NAMES.length; s++) if (meta.statusCounts[s]) summary.parse[PARSE_STATUS_NAMES[s]] = meta.statusCounts[s];
+  for (let s = 0; s < PARSE_STATUS_NAMES.length; s++) {
+    const v = statusTotals[s];
+    if (v) summary.parse[PARSE_STATUS_NAMES[s]] = v;
+  }
   summary.counters = counters.toObject();
   summary.flowsExpired = counters.get('flow_expired');
   summary.topTalkers = [...talkers.entries()].sort((a, b) => b[1].bytes - a[1].bytes).slice(0, 10).map(([address, v]) => ({ address, ...v }));

@@ -1,11 +1,14 @@
 // Batch: the unit every source fills, every stage walks by index and every
 // sink drains (DESIGN.md "Data flow"). One arena Buffer holds the packet bytes
-// back to back; typed arrays hold per-packet offsets, lengths, timestamps,
+// (back to back, or wherever a source puts them: always go through off[i]);
+// typed arrays hold per-packet offsets, lengths, timestamps,
 // ingress port and verdict. No object per packet.
 //
 // Lifetime: the arena is allocated once when the batch is created and lives as
 // long as the Batch. A source overwrites it on every recv(); a stage that must
 // keep a packet past the next recv() copies its bytes out.
+
+import { ArrayCarver } from '../wire/carve.js';
 
 export const Verdict = {
   FORWARD: 0,
@@ -41,17 +44,29 @@ export class Batch {
   /** Bytes of arena in use. */
   used = 0;
 
-  constructor(capacity = DEFAULT_BATCH_PACKETS, arenaBytes = DEFAULT_ARENA_BYTES) {
+  /**
+   * `carver` (optional) places the arena and arrays in a SharedArrayBuffer so
+   * one thread can fill the batch and another walk it (src/pipeline/).
+   */
+  constructor(capacity = DEFAULT_BATCH_PACKETS, arenaBytes = DEFAULT_ARENA_BYTES, carver: ArrayCarver = new ArrayCarver()) {
+    const c = carver;
     this.capacity = capacity;
-    this.arena = Buffer.allocUnsafeSlow(arenaBytes);
-    this.off = new Uint32Array(capacity);
-    this.capLen = new Uint32Array(capacity);
-    this.origLen = new Uint32Array(capacity);
-    this.tsSec = new Float64Array(capacity);
-    this.tsNsec = new Uint32Array(capacity);
-    this.linkType = new Uint16Array(capacity);
-    this.port = new Uint16Array(capacity);
-    this.verdict = new Uint8Array(capacity);
+    this.off = c.u32(capacity);
+    this.capLen = c.u32(capacity);
+    this.origLen = c.u32(capacity);
+    this.tsSec = c.f64(capacity);
+    this.tsNsec = c.u32(capacity);
+    this.linkType = c.u16(capacity);
+    this.port = c.u16(capacity);
+    this.verdict = c.u8(capacity);
+    this.arena = c.bytes(arenaBytes);
+  }
+
+  /** Bytes a batch takes in a shared region. */
+  static byteLength(capacity = DEFAULT_BATCH_PACKETS, arenaBytes = DEFAULT_ARENA_BYTES): number {
+    const c = new ArrayCarver();
+    new Batch(capacity, 0, c);
+    return ((c.offset + 7) & ~7) + arenaBytes + 8;
   }
 
   clear(): void {

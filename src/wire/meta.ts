@@ -8,6 +8,7 @@
 // IP packet's headers).
 
 import { PARSE_STATUS_COUNT } from './status.js';
+import { ArrayCarver } from './carve.js';
 
 /** Bits of Meta.flags. */
 export const MetaFlag = {
@@ -85,31 +86,43 @@ export class Meta {
   /** Per-status counts accumulated by the parser over every batch it walked. */
   readonly statusCounts: Float64Array;
 
-  constructor(capacity: number) {
+  /**
+   * `carver` (optional) places the arrays in a SharedArrayBuffer so another
+   * thread can read what this one parsed (src/pipeline/).
+   */
+  constructor(capacity: number, carver: ArrayCarver = new ArrayCarver()) {
+    const c = carver;
     this.capacity = capacity;
-    this.status = new Uint8Array(capacity);
-    this.flags = new Uint16Array(capacity);
-    this.etherType = new Uint16Array(capacity);
-    this.vlanId = new Uint16Array(capacity);
-    this.vlanDepth = new Uint8Array(capacity);
-    this.l3Off = new Uint16Array(capacity);
-    this.l4Off = new Uint16Array(capacity);
-    this.ipVersion = new Uint8Array(capacity);
-    this.l4Proto = new Uint8Array(capacity);
-    this.l4Len = new Uint16Array(capacity);
-    this.fragOff = new Uint16Array(capacity);
-    this.fragId = new Uint32Array(capacity);
-    this.src4 = new Uint32Array(capacity);
-    this.dst4 = new Uint32Array(capacity);
-    this.srcPort = new Uint16Array(capacity);
-    this.dstPort = new Uint16Array(capacity);
-    this.tcpFlags = new Uint16Array(capacity);
-    this.icmpType = new Uint8Array(capacity);
-    this.icmpCode = new Uint8Array(capacity);
-    this.innerKind = new Uint8Array(capacity);
-    this.innerOff = new Uint16Array(capacity);
-    this.innerEtherType = new Uint16Array(capacity);
-    this.statusCounts = new Float64Array(PARSE_STATUS_COUNT);
+    this.status = c.u8(capacity);
+    this.flags = c.u16(capacity);
+    this.etherType = c.u16(capacity);
+    this.vlanId = c.u16(capacity);
+    this.vlanDepth = c.u8(capacity);
+    this.l3Off = c.u16(capacity);
+    this.l4Off = c.u16(capacity);
+    this.ipVersion = c.u8(capacity);
+    this.l4Proto = c.u8(capacity);
+    this.l4Len = c.u16(capacity);
+    this.fragOff = c.u16(capacity);
+    this.fragId = c.u32(capacity);
+    this.src4 = c.u32(capacity);
+    this.dst4 = c.u32(capacity);
+    this.srcPort = c.u16(capacity);
+    this.dstPort = c.u16(capacity);
+    this.tcpFlags = c.u16(capacity);
+    this.icmpType = c.u8(capacity);
+    this.icmpCode = c.u8(capacity);
+    this.innerKind = c.u8(capacity);
+    this.innerOff = c.u16(capacity);
+    this.innerEtherType = c.u16(capacity);
+    this.statusCounts = c.f64(PARSE_STATUS_COUNT);
+  }
+
+  /** Bytes a Meta of `capacity` entries takes in a shared region. */
+  static byteLength(capacity: number): number {
+    const c = new ArrayCarver();
+    new Meta(capacity, c);
+    return (c.offset + 7) & ~7;
   }
 
   /** Clears entry i; the parser calls this before filling it. */

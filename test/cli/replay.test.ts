@@ -137,3 +137,22 @@ t.test('gen writes a capture that tshark reads, in the benchmark ranges only', a
   t.equal(s.packets, 3000);
   t.same(Object.keys(s.parse), ['ok'], 'every generated packet parses cleanly');
 });
+
+t.test('reading and parsing on a worker thread gives exactly what one thread gives', async (t) => {
+  const gen = path.join(tmp, 'threads.pcap');
+  t.equal(cli(['gen', '--packets', '20000', '--flows', '500', gen]).code, 0);
+  const files = [gen, ...captureFiles().map(corpus)];
+  const strip = (s: { seconds?: number; packetsPerSecond?: number }) => { delete s.seconds; delete s.packetsPerSecond; return s; };
+  const one = await replayFiles(files, { threads: 1, keepGoing: true, progress: false, out: () => {} });
+  const two = await replayFiles(files, { threads: 2, keepGoing: true, progress: false, out: () => {} });
+  t.ok(one.summary.packets > 20000);
+  t.same(strip(two.summary), strip(one.summary), 'same packets, statuses, flows, talkers, counters and errors');
+  t.equal(two.code, one.code);
+  for (const limit of [1, 300, 1025, 19999]) {
+    const a = await replayFiles([gen], { threads: 1, limit, progress: false, out: () => {} });
+    const b = await replayFiles([gen], { threads: 2, limit, progress: false, out: () => {} });
+    t.equal(b.summary.packets, limit, `--limit ${limit} with a reader thread`);
+    t.same(b.summary.parse, a.summary.parse, `--limit ${limit}: statuses of exactly the packets used`);
+    t.same(b.summary.flowsByProtocol, a.summary.flowsByProtocol);
+  }
+});
