@@ -22,13 +22,23 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   const lab = new NatLab(`pcd${process.pid}-`);
   let stopping = false;
   const children: ChildProcess[] = [];
+  let cleaned = false;
   const cleanup = () => {
+    if (cleaned) return;
+    cleaned = true;
     lab.destroy();
     fs.rmSync(tmp, { recursive: true, force: true });
   };
   const onSignal = () => { stopping = true; };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal);
+  // A closed terminal or pipe (`make demo | head`) must not leave namespaces
+  // behind: stop writing, stop the run, and clean up on the way out whatever
+  // ends the process.
+  const onPipe = () => { stopping = true; };
+  process.stdout.on('error', onPipe);
+  process.on('exit', cleanup);
   try {
     lab.create();
     say(`namespaces ${lab.cl} (client ${LAB.client}) -> ${lab.gw} (portcullis, pool ${LAB.pool}) -> ${lab.sv} (nginx + iperf3 on ${LAB.server})`);
@@ -52,7 +62,7 @@ http { access_log off; client_body_temp_path ${tmp}/cb; proxy_temp_path ${tmp}/p
     const app = lab.spawn(lab.gw, process.execPath, [BIN, 'run', '--config', cfg]);
     app.stderr!.on('data', () => {}); // JSON logs: kept off the terminal in the demo
     await waitForLine(app, /^READY$/);
-    app.stdout!.on('data', (d: Buffer) => process.stdout.write(d.toString().split('\n').filter((l) => l && l !== 'READY').map((l) => `  ${l}\n`).join('')));
+    app.stdout!.on('data', (d: Buffer) => process.stdout.writable && process.stdout.write(d.toString().split('\n').filter((l) => l && l !== 'READY').map((l) => `  ${l}\n`).join('')));
     say(`appliance running; live statistics every second for ${opts.duration} s (Ctrl-C stops)`);
     // Traffic: a curl loop, and iperf3 TCP then UDP in the middle of the run.
     const curl = lab.spawn(lab.cl, 'sh', ['-c', `while true; do curl -s -o /dev/null http://${LAB.server}/blob.bin; curl -s -o /dev/null http://${LAB.server}/; sleep 0.2; done`]);
@@ -67,15 +77,18 @@ http { access_log off; client_body_temp_path ${tmp}/cb; proxy_temp_path ${tmp}/p
       }
     }
     curl.kill('SIGKILL');
-    say('NAT table (portcullis nat list):');
-    try {
+    const appRunning = app.exitCode === null && app.signalCode === null;
+    if (appRunning) say('NAT table (portcullis nat list):');
+    if (appRunning) try {
       const list = execFileSync(process.execPath, [BIN, 'nat', 'list', '--socket', sock], { encoding: 'utf8' });
-      process.stdout.write(list.split('\n').slice(0, 16).map((l) => `  ${l}`).join('\n') + '\n');
+      if (process.stdout.writable) process.stdout.write(list.split('\n').slice(0, 16).map((l) => `  ${l}`).join('\n') + '\n');
     } catch (err) {
       say(`nat list failed: ${(err as Error).message}`);
     }
-    app.kill('SIGTERM');
-    const code = await new Promise<number | null>((r) => app.once('exit', (c) => r(c)));
+    // On Ctrl-C the whole process group got SIGINT: the appliance may already be gone.
+    const code = app.exitCode !== null || app.signalCode !== null
+      ? app.exitCode
+      : await new Promise<number | null>((r) => { app.once('exit', (c) => r(c)); app.kill('SIGTERM'); });
     await sleep(100);
     say(`appliance stopped (exit ${code}); removing namespaces`);
     return code === 0 ? 0 : 1;
@@ -84,11 +97,13 @@ http { access_log off; client_body_temp_path ${tmp}/cb; proxy_temp_path ${tmp}/p
     cleanup();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    process.off('SIGHUP', onSignal);
+    process.off('exit', cleanup);
   }
 }
 
 function say(s: string): void {
-  process.stdout.write(`== ${s}\n`);
+  if (process.stdout.writable) process.stdout.write(`== ${s}\n`);
 }
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
