@@ -17,6 +17,17 @@
 //      the negotiated protocol (2.2.1) and the SSL TLV (2.2.5: client bits,
 //      verify result, version, cipher, client CN) so the target knows the
 //      flow was secure and how.
+//   2b. Per-target limits (lb/queue.ts, HAProxy's maxconn / maxqueue /
+//      timeout queue / redispatch / backup): a target at maxconn makes the
+//      flow wait in the target's FIFO queue (or be redispatched, sent to a
+//      backup target, or rejected, as configured); a full queue and a queue
+//      timeout take their own configured action. A slot is held from
+//      admission until the connection to the target closes, and the queue's
+//      head is connected as soon as one frees. The decision is taken after
+//      the handshake (the PROXY header needs its results), so 'reject' is a
+//      TCP RST on the accepted connection (resetAndDestroy on the raw TCP
+//      socket under the TLS one: no close_notify, the client sees
+//      ECONNRESET), not a refusal before the handshake.
 //   4. Bytes are piped both ways with backpressure (stream.pipe pauses the
 //      reader while the writer's buffer is over its high-water mark);
 //      a FIN on one side is passed on as a FIN (half-close), an error or a
@@ -37,6 +48,7 @@ import {
   type ProxyV2Header, type ProxyV2Ssl, type ProxyV2Tlvs,
 } from '../../wire/proxy-v2.js';
 import { MaglevTable, NO_BACKEND, flowHash4, flowHash6, type MaglevBackend } from '../maglev.js';
+import { Admission, QueueAction, QueueCounters, TargetQueues, parseQueueAction, type QueueActionName, type QueueClock } from '../queue.js';
 
 // ------------------------------------------------------------- config
 
@@ -56,6 +68,22 @@ export interface TlsTargetConfig {
   port: number;
   /** Relative share of flows (Maglev weight); 0 drains the target. Default 1. */
   weight?: number;
+  /** Concurrent connections to this target; 0 (default) = unlimited (HAProxy `maxconn`). */
+  maxconn?: number;
+  /** Connections that may wait for a slot; 0 = no queue (unlike HAProxy, where 0 is unlimited). Default 1024. */
+  maxqueue?: number;
+  /** Longest wait in the queue (HAProxy `timeout queue`); 0 = no limit. Default 5000. */
+  queueTimeoutMs?: number;
+}
+
+/** Actions on the limit events (lb/queue.ts). */
+export interface TlsLimitsConfig {
+  /** Target at maxconn. Default 'queue'. */
+  onFull?: QueueActionName;
+  /** Target's queue at maxqueue. Default 'redispatch' (HAProxy maxqueue). */
+  onQueueFull?: Exclude<QueueActionName, 'queue'>;
+  /** Waited queueTimeoutMs in the queue. Default 'reject' (HAProxy: 503). */
+  onQueueTimeout?: Exclude<QueueActionName, 'queue'>;
 }
 
 export type TlsTerminatorMode = 'tcp' | 'tls-to-target';
@@ -73,6 +101,12 @@ export interface TlsTerminatorConfig {
   /** CA bundle for verifying client certificates. */
   clientCa?: PemSource;
   targets: TlsTargetConfig[];
+  /** Backup pool for the 'backup' action: the first with a free slot is used (HAProxy backup servers without allbackups). Not in the Maglev table. */
+  backupTargets?: TlsTargetConfig[];
+  /** What happens when a target is full, its queue is full, or a queued flow times out. */
+  limits?: TlsLimitsConfig;
+  /** Clock of the queue timers (tests). */
+  queueClock?: QueueClock;
   /** 'tcp' (default): plaintext to the target after a PROXY v2 header. 'tls-to-target': re-encrypt. */
   mode?: TlsTerminatorMode;
   /** Send the PROXY v2 header. Default true in 'tcp' mode, false in 'tls-to-target'. */
@@ -188,14 +222,54 @@ interface Target {
   port: number;
   weight: number;
   key: string;
+  maxconn: number;
+  maxqueue: number | undefined;
+  queueTimeoutMs: number | undefined;
+}
+
+/** A flow waiting for (or being moved to) a target. */
+interface Waiter {
+  client: tls.TLSSocket;
+  header: Buffer | null;
+  /** Flow hash (for redispatch along the Maglev table), and whether it is valid. */
+  hash: number;
+  hashed: boolean;
+  /** The Maglev target it was first given. */
+  target: number;
+  ticket: number;
+  onClose: (() => void) | null;
+  /** Client bytes read while queued (reading is what shows a client leaving), sent first once connected. */
+  pending: Buffer[];
+  pendingLen: number;
+  onData: ((d: Buffer) => void) | null;
+}
+
+/** Client bytes buffered per queued flow; past this the client is paused (and a leave is seen only at the timeout). */
+const QUEUED_BUFFER_MAX = 64 * 1024;
+
+function toTarget(t: TlsTargetConfig, where: string): Target {
+  if (!t || typeof t.host !== 'string' || t.host.length === 0) throw new TypeError(`tls terminator: ${where}.host must be a host name or address`);
+  const port = checkPort(`${where}.port`, t.port, false);
+  return { host: t.host, port, weight: t.weight ?? 1, key: `${t.host}:${port}`, maxconn: t.maxconn ?? 0, maxqueue: t.maxqueue, queueTimeoutMs: t.queueTimeoutMs };
 }
 
 export class TlsTerminator {
   readonly counters = new TlsTerminatorCounters();
+  /** Limit and queue counters (kept across setTargets). */
+  readonly queueCounters = new QueueCounters();
+  /** Limits of the current target list: primaries 0..N-1, then the backups. Replaced by setTargets. */
+  queues!: TargetQueues<Waiter>;
   readonly maglev: MaglevTable;
   readonly mode: TlsTerminatorMode;
   readonly proxyProtocol: boolean;
   private targets: Target[] = [];
+  private backups: Target[] = [];
+  /** Each limits object's targets (primaries then backups): flows of an older list still connect and release there. */
+  private readonly generations = new WeakMap<TargetQueues<Waiter>, Target[]>();
+  private readonly onFull: QueueAction;
+  private readonly onQueueFull: QueueAction;
+  private readonly onQueueTimeout: QueueAction;
+  private readonly queueClock: QueueClock | undefined;
   private readonly server: tls.Server;
   /** Every socket we own (raw accepted, TLS, target), for stop(). */
   private readonly sockets = new Set<net.Socket>();
@@ -250,6 +324,13 @@ export class TlsTerminator {
     this.defaultContext = ctxs[di];
     const def = cfg.certificates[di];
 
+    const lim = cfg.limits ?? {};
+    this.onFull = parseQueueAction('limits.onFull', lim.onFull ?? 'queue', true);
+    this.onQueueFull = parseQueueAction('limits.onQueueFull', lim.onQueueFull ?? 'redispatch', false);
+    this.onQueueTimeout = parseQueueAction('limits.onQueueTimeout', lim.onQueueTimeout ?? 'reject', false);
+    this.queueClock = cfg.queueClock;
+    if (cfg.backupTargets !== undefined && !Array.isArray(cfg.backupTargets)) throw new TypeError('tls terminator: backupTargets must be an array of { host, port }');
+    this.backups = (cfg.backupTargets ?? []).map((t, i) => toTarget(t, `backupTargets[${i}]`));
     this.maglev = new MaglevTable({ seed: cfg.seed });
     this.setTargets(cfg.targets);
 
@@ -280,17 +361,31 @@ export class TlsTerminator {
     this.server.on('secureConnection', (s) => this.onSecure(s));
   }
 
-  /** Rebuilds the Maglev table for a new target list and swaps it in (existing flows keep their target). */
+  /**
+   * Rebuilds the Maglev table and the limits for a new target list and swaps
+   * them in. Existing flows keep their target and their slot in the old
+   * limits (released there when they close), and flows queued under the old
+   * list are served by it; new flows count against the new limits from zero.
+   */
   setTargets(targets: TlsTargetConfig[]): void {
     if (!Array.isArray(targets) || targets.length === 0) throw new TypeError('tls terminator: targets must list at least one { host, port }');
-    const next: Target[] = targets.map((t, i) => {
-      if (!t || typeof t.host !== 'string' || t.host.length === 0) throw new TypeError(`tls terminator: targets[${i}].host must be a host name or address`);
-      const port = checkPort(`targets[${i}].port`, t.port, false);
-      return { host: t.host, port, weight: t.weight ?? 1, key: `${t.host}:${port}` };
-    });
+    const next: Target[] = targets.map((t, i) => toTarget(t, `targets[${i}]`));
+    const all = next.concat(this.backups);
+    const queues = new TargetQueues<Waiter>({
+      limits: all.map((t) => ({ maxconn: t.maxconn, maxqueue: t.maxqueue, queueTimeoutMs: t.queueTimeoutMs })),
+      onFull: this.onFull,
+      onQueueFull: this.onQueueFull,
+      onQueueTimeout: this.onQueueTimeout,
+      counters: this.queueCounters,
+      clock: this.queueClock,
+      onDequeue: (id, w) => this.onDequeued(queues, id, w),
+      onTimeout: (_id, w, action) => this.onQueueTimedOut(queues, w, action),
+    }); // throws on bad limits, before anything is swapped
     const backends: MaglevBackend[] = next.map((t, id) => ({ id, weight: t.weight, key: t.key }));
     this.maglev.build(backends); // throws (and keeps the old table) on a bad list
     this.targets = next;
+    this.queues = queues;
+    this.generations.set(queues, all);
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free one). */
@@ -315,23 +410,66 @@ export class TlsTerminator {
    * IPv4 (the usual case) hashes with flowHash4; anything else with flowHash6.
    */
   pickTarget(clientAddr: string, clientPort: number, localAddr: string, localPort: number): number {
-    const c = unmap(clientAddr), l = unmap(localAddr);
-    const c4 = ip4(c), l4 = ip4(l);
-    if (c4 >= 0 && l4 >= 0) return this.maglev.lookup(flowHash4(c4, l4, clientPort, localPort, 6, this.maglev.seed));
-    const b = this.hash6Scratch;
-    if (!parseIp6(clientAddr.includes(':') ? clientAddr : `::ffff:${clientAddr}`, b, 0) ||
-        !parseIp6(localAddr.includes(':') ? localAddr : `::ffff:${localAddr}`, b, 16)) return NO_BACKEND;
-    return this.maglev.lookup(flowHash6(b, 0, clientPort, localPort, 6, this.maglev.seed));
+    return this.flowHash(clientAddr, clientPort, localAddr, localPort) ? this.maglev.lookup(this.lastHash) : NO_BACKEND;
   }
 
-  /** The configured target behind an index from pickTarget. */
+  /** The configured target behind an index from pickTarget or redispatchTarget (backups follow the targets). */
   target(i: number): { host: string; port: number } {
-    const t = this.targets[i];
+    const t = i < this.targets.length ? this.targets[i] : this.backups[i - this.targets.length];
     return { host: t.host, port: t.port };
+  }
+
+  /**
+   * Where the 'redispatch' action sends a flow whose Maglev target `from` is
+   * full: the target of the next entries of the Maglev table after the
+   * flow's own (hash mod M + 1, + 2, ...) that has a free slot, or -1 when no
+   * other weighted target has one. Walking the table keeps the choice
+   * deterministic per flow and weight-proportional across flows (each target
+   * holds a share of entries proportional to its weight, spread by its
+   * permutation, paper §3.4).
+   */
+  redispatchTarget(hash: number, from: number, q: TargetQueues<unknown> = this.queues as TargetQueues<unknown>): number {
+    let any = false;
+    for (let i = 0; i < this.targets.length; i++) {
+      if (i !== from && this.targets[i].weight > 0 && i < q.size && q.hasCapacity(i)) { any = true; break; }
+    }
+    if (!any) return -1; // spares an M-entry walk when every target is full
+    const tab = this.maglev.table, m = this.maglev.size;
+    let slot = ((hash >>> 0) % (m >>> 0)) | 0;
+    for (let k = 1; k < m; k++) {
+      if (++slot === m) slot = 0;
+      const id = tab[slot];
+      if (id !== from && id >= 0 && id < q.size && q.hasCapacity(id)) return id;
+    }
+    return -1;
+  }
+
+  /** Index of the first backup target with a free slot, or -1. */
+  private backupTarget(q: TargetQueues<Waiter>): number {
+    const n = q.size - this.backups.length;
+    for (let b = 0; b < this.backups.length; b++) if (n + b < q.size && q.hasCapacity(n + b)) return n + b;
+    return -1;
+  }
+
+  private lastHash = 0;
+  /** Sets lastHash to the flow hash of a client 4-tuple; false when an address does not parse. */
+  private flowHash(clientAddr: string, clientPort: number, localAddr: string, localPort: number): boolean {
+    const c = unmap(clientAddr), l = unmap(localAddr);
+    const c4 = ip4(c), l4 = ip4(l);
+    if (c4 >= 0 && l4 >= 0) {
+      this.lastHash = flowHash4(c4, l4, clientPort, localPort, 6, this.maglev.seed);
+      return true;
+    }
+    const b = this.hash6Scratch;
+    if (!parseIp6(clientAddr.includes(':') ? clientAddr : `::ffff:${clientAddr}`, b, 0) ||
+        !parseIp6(localAddr.includes(':') ? localAddr : `::ffff:${localAddr}`, b, 16)) return false;
+    this.lastHash = flowHash6(b, 0, clientPort, localPort, 6, this.maglev.seed);
+    return true;
   }
 
   /** Closes the listener and every open socket; resolves when the listener is closed. */
   stop(): Promise<void> {
+    this.queues.dispose(); // their clients are in this.sockets
     for (const s of this.sockets) s.destroy();
     this.sockets.clear();
     if (!this.listening) return Promise.resolve();
@@ -407,13 +545,14 @@ export class TlsTerminator {
     // Hold client bytes until the target is ready; pipe() resumes.
     client.pause();
 
-    const id = this.pickTarget(client.remoteAddress ?? '', client.remotePort ?? 0, client.localAddress ?? '', client.localPort ?? 0);
+    const hashed = this.flowHash(client.remoteAddress ?? '', client.remotePort ?? 0, client.localAddress ?? '', client.localPort ?? 0);
+    const hash = this.lastHash;
+    const id = hashed ? this.maglev.lookup(hash) : NO_BACKEND;
     if (id === NO_BACKEND) {
       this.counters.noTarget++;
       client.destroy();
       return;
     }
-    const t = this.targets[id];
     let header: Buffer | null = null;
     try {
       header = this.proxyProtocol ? this.proxyHeaderFor(client) : null;
@@ -421,9 +560,115 @@ export class TlsTerminator {
       client.destroy(); // an unencodable header (cannot happen with socket-provided values)
       return;
     }
+    const q = this.queues;
+    const w: Waiter = { client, header, hash, hashed, target: id, ticket: -1, onClose: null, pending: [], pendingLen: 0, onData: null };
+    const a = q.admit(id, w);
+    if (a === Admission.Admitted) {
+      this.connectTarget(q, id, w);
+    } else if (a === Admission.Queued) {
+      w.ticket = q.lastTicket;
+      // Client gone while waiting: leave the queue (its slot was never taken).
+      // A paused socket never reads its FIN, so a queued client is read into
+      // w.pending; its FIN ('end') counts as leaving, as with HAProxy's
+      // `option abortonclose` (a client that half-closes right after its
+      // request is therefore dropped if it has to queue).
+      w.onClose = () => {
+        if (q.cancel(w.ticket, w)) this.unhook(w);
+        client.destroy();
+      };
+      w.onData = (d: Buffer) => {
+        w.pending.push(d);
+        w.pendingLen += d.length;
+        if (w.pendingLen >= QUEUED_BUFFER_MAX) client.pause();
+      };
+      client.once('end', w.onClose);
+      client.once('close', w.onClose);
+      client.on('data', w.onData);
+      client.resume();
+    } else {
+      this.applyAction(q, a, w);
+    }
+  }
 
+  /** A slot freed on `id` for a queued flow (the slot is already held). */
+  private onDequeued(q: TargetQueues<Waiter>, id: number, w: Waiter): void {
+    this.unhook(w);
+    this.connectTarget(q, id, w);
+  }
+
+  private onQueueTimedOut(q: TargetQueues<Waiter>, w: Waiter, action: QueueAction): void {
+    this.unhook(w);
+    this.applyAction(q, action, w);
+  }
+
+  /** Leaves the queued state: stop reading (pipe() resumes later) and drop the queue's listeners. */
+  private unhook(w: Waiter): void {
+    w.client.pause();
+    if (w.onClose) {
+      w.client.off('end', w.onClose);
+      w.client.off('close', w.onClose);
+    }
+    if (w.onData) w.client.off('data', w.onData);
+    w.onClose = null;
+    w.onData = null;
+  }
+
+  /** Applies 'redispatch', 'backup' or 'reject'; the first two fall back to reject when no target has a free slot. */
+  private applyAction(q: TargetQueues<Waiter>, action: QueueAction, w: Waiter): void {
+    const qc = this.queueCounters;
+    if (action === QueueAction.Redispatch && w.hashed && q === this.queues) {
+      const alt = this.redispatchTarget(w.hash, w.target, q as TargetQueues<unknown>);
+      if (alt >= 0 && q.tryAcquire(alt)) {
+        qc.redispatched++;
+        this.connectTarget(q, alt, w);
+        return;
+      }
+    } else if (action === QueueAction.Backup) {
+      const b = this.backupTarget(q);
+      if (b >= 0 && q.tryAcquire(b)) {
+        qc.toBackup++;
+        this.connectTarget(q, b, w);
+        return;
+      }
+    }
+    qc.rejected++;
+    this.reset(w.client);
+  }
+
+  /**
+   * Closes an accepted client with a TCP RST. resetAndDestroy needs the TCP
+   * handle, which belongs to the raw socket the TLS socket wraps (node keeps
+   * it as _parent on server-side sockets; on the TLS socket itself it throws
+   * ERR_INVALID_HANDLE_TYPE). The TLS socket then closes by itself; it must
+   * NOT be destroyed in the same tick: destroying the TLS wrap over the
+   * just-reset TCP handle crashed node 20.20 with SIGSEGV. Without a TCP
+   * handle, a plain destroy (a FIN).
+   */
+  private reset(client: tls.TLSSocket): void {
+    const raw = (client as unknown as { _parent?: net.Socket | null })._parent;
+    if (raw && typeof raw.resetAndDestroy === 'function' && !raw.destroyed) {
+      try {
+        raw.resetAndDestroy();
+        return;
+      } catch {
+        // not a TCP handle: fall through to destroy
+      }
+    }
+    client.destroy();
+  }
+
+  /** Opens the connection to target `id` for `client`; the slot held on `id` in `q` is released when it closes. */
+  private connectTarget(q: TargetQueues<Waiter>, id: number, w: Waiter): void {
+    const client = w.client, header = w.header;
+    if (client.destroyed) {
+      q.release(id); // the client left as its slot came: hand the slot on
+      return;
+    }
+    const t = (this.generations.get(q) as Target[])[id];
     const raw = net.connect({ host: t.host, port: t.port, allowHalfOpen: true });
     this.track(raw);
+    // The slot is the target connection's: freed when it closes, however (HAProxy counts server connections).
+    raw.once('close', () => q.release(id));
     raw.setNoDelay(true);
     let connected = false;
     const connectTimer = setTimeout(() => {
@@ -453,6 +698,7 @@ export class TlsTerminator {
         raw.off('error', fail);
         client.off('close', earlyClose);
         this.counters.targetConnects++;
+        this.flushPending(w, raw);
         this.splice(client, raw);
         return;
       }
@@ -474,9 +720,18 @@ export class TlsTerminator {
         up.off('error', fail);
         client.off('close', earlyClose);
         this.counters.targetConnects++;
+        this.flushPending(w, up);
         this.splice(client, up);
       });
     });
+  }
+
+  /** Sends what a queued client sent while it waited, before piping the rest. */
+  private flushPending(w: Waiter, up: net.Socket): void {
+    for (const d of w.pending) up.write(d);
+    this.counters.bytesToTargets += w.pendingLen;
+    w.pending = [];
+    w.pendingLen = 0;
   }
 
   /** Pipes both ways with backpressure, passes FINs on, and tears both down on error or idle timeout. */
