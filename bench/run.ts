@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BENCH_DIR } from './common.js';
 
-const SUITES = ['parse', 'flow', 'replay', 'nat', 'lb', 'live'];
+const SUITES = ['parse', 'flow', 'replay', 'nat', 'lb', 'lb-tls', 'live'];
 const want = process.argv.slice(2).filter(Boolean);
 const run = want.length ? want : SUITES;
 let failed = 0;
