@@ -45,9 +45,12 @@ import { parseIpv4 } from '../wire/ipv4.js';
 import { ParseStatus } from '../wire/status.js';
 import type { FlowTable } from '../flow/flow-table.js';
 import * as hash from '../flow/hash.js';
+import * as cks from '../wire/checksum.js';
 import { MaglevTable, MAGLEV_FLOW_SEED, NO_BACKEND } from './maglev.js';
 
 const mix32 = hash.mix32, fmix32 = hash.fmix32;
+const fold = cks.foldSmall, addrDelta = cks.delta32, wordDelta = cks.delta16;
+const applyDelta = cks.applyDelta, applyDeltaUdp = cks.applyDeltaUdp;
 const F_L3 = MetaFlag.L3;
 const F_L4 = MetaFlag.L4;
 const F_PORTS = MetaFlag.PORTS;
@@ -188,20 +191,6 @@ function parseAddr(s: string, where: string): number {
   } catch {
     throw new TypeError(`${where} must be an IPv4 address, got ${JSON.stringify(s)}`);
   }
-}
-
-/** RFC 1624 term for a 32-bit field changing from a to b (unfolded). */
-function addrDelta(a: number, b: number): number {
-  return (~(a >>> 16) & 0xffff) + (~a & 0xffff) + ((b >>> 16) & 0xffff) + (b & 0xffff);
-}
-/** RFC 1624 term for a 16-bit word changing from a to b. */
-function wordDelta(a: number, b: number): number {
-  return (~a & 0xffff) + (b & 0xffff);
-}
-/** Folds a precomputed delta to 16 bits (terms are < 2^20: two rounds are exact). */
-function fold(sum: number): number {
-  sum = (sum & 0xffff) + (sum >>> 16);
-  return (sum & 0xffff) + (sum >>> 16);
 }
 
 /** flowHash4 of maglev.ts, written over module-local mix32/fmix32 (same value). */
@@ -630,19 +619,3 @@ export class Distributor {
   }
 }
 
-/** RFC 1624 eqn 3 with a precomputed folded delta: HC' = ~(~HC + delta). */
-function applyDelta(b: Buffer, o: number, delta: number): void {
-  const hc = (b[o] << 8) | b[o + 1];
-  const v = ~fold((~hc & 0xffff) + delta) & 0xffff;
-  b[o] = v >>> 8;
-  b[o + 1] = v & 0xff;
-}
-/** RFC 768: a UDP checksum of 0 means none and stays 0; a computed 0 is sent as 0xFFFF. */
-function applyDeltaUdp(b: Buffer, o: number, delta: number): void {
-  const hc = (b[o] << 8) | b[o + 1];
-  if (hc === 0) return;
-  let v = ~fold((~hc & 0xffff) + delta) & 0xffff;
-  if (v === 0) v = 0xffff;
-  b[o] = v >>> 8;
-  b[o + 1] = v & 0xff;
-}

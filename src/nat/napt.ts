@@ -67,16 +67,8 @@ import {
 // Module-local bindings (see src/flow/flow-table.ts: keeps TurboFan inlining under tsx).
 
 const mix32 = hash.mix32, fmix32 = hash.fmix32, onesSum = cks.onesSum, natProtoOf = pa.natProtoOf;
-
-/**
- * End-around-carry fold of a one's-complement sum to 16 bits. Our sums are
- * a handful of 16-bit terms (< 2^21), so two integer rounds are exact
- * (checksum.ts's fold handles any size with a division; this is the hot path).
- */
-function fold(sum: number): number {
-  sum = (sum & 0xffff) + (sum >>> 16);
-  return (sum & 0xffff) + (sum >>> 16);
-}
+const fold = cks.foldSmall, addrDelta = cks.delta32, wordDelta = cks.delta16;
+const applyDelta = cks.applyDelta, applyDeltaUdp = cks.applyDeltaUdp;
 
 export type Filtering = 'endpoint-independent' | 'address-dependent' | 'address-and-port-dependent';
 
@@ -227,33 +219,6 @@ function get16(b: Buffer, o: number): number {
 /** Big-endian 32 bits as an int32 (see "Numbers" in the header: never a boxed number). */
 function get32(b: Buffer, o: number): number {
   return (b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3];
-}
-/** RFC 1624 term for a 32-bit field changing from a to b: ~a_hi + ~a_lo + b_hi + b_lo (unfolded). */
-function addrDelta(a: number, b: number): number {
-  return (~(a >>> 16) & 0xffff) + (~a & 0xffff) + (b >>> 16) + (b & 0xffff);
-}
-/** RFC 1624 term for a 16-bit word changing from a to b. */
-function wordDelta(a: number, b: number): number {
-  return (~a & 0xffff) + (b & 0xffff);
-}
-/** RFC 1624 eqn 3 with a summed delta: HC' = ~(~HC + sum(~m + m')). */
-function applyDelta(b: Buffer, o: number, delta: number): void {
-  const hc = (b[o] << 8) | b[o + 1];
-  const v = ~fold((~hc & 0xffff) + delta) & 0xffff;
-  b[o] = v >>> 8;
-  b[o + 1] = v & 0xff;
-}
-/**
- * UDP over IPv4 (RFC 768): a checksum of 0 means "none" and stays 0; a
- * computed 0 is sent as 0xFFFF.
- */
-function applyDeltaUdp(b: Buffer, o: number, delta: number): void {
-  const hc = (b[o] << 8) | b[o + 1];
-  if (hc === 0) return;
-  let v = ~fold((~hc & 0xffff) + delta) & 0xffff;
-  if (v === 0) v = 0xffff;
-  b[o] = v >>> 8;
-  b[o + 1] = v & 0xff;
 }
 /** Writes a 16-bit word and returns its RFC 1624 term (for a covering checksum such as ICMP's). */
 function set16d(b: Buffer, o: number, v: number): number {

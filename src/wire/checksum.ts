@@ -61,3 +61,48 @@ export function update32(hc: number, oldVal: number, newVal: number): number {
     ((newVal >>> 16) & 0xffff) + (newVal & 0xffff);
   return ~fold(s) & 0xffff;
 }
+
+// ---- RFC 1624 with precomputed deltas (NAT and distributor rewrites) ----
+// A rewrite of several fields sums their terms once (often on the control
+// plane, when a mapping or target is set up) and applies the sum to every
+// checksum that covers them.
+
+/** RFC 1624 term for a 16-bit word changing from a to b: ~m + m' (unfolded). */
+export function delta16(a: number, b: number): number {
+  return (~a & 0xffff) + (b & 0xffff);
+}
+
+/** RFC 1624 term for a 32-bit field (an IPv4 address) changing from a to b, as two words (unfolded). */
+export function delta32(a: number, b: number): number {
+  return (~(a >>> 16) & 0xffff) + (~a & 0xffff) + (b >>> 16) + (b & 0xffff);
+}
+
+/**
+ * fold() for sums below 2^32 (a few dozen 16-bit terms): two integer rounds
+ * are exact there, without fold()'s division loop. For the hot path.
+ */
+export function foldSmall(sum: number): number {
+  sum = (sum & 0xffff) + (sum >>> 16);
+  return (sum & 0xffff) + (sum >>> 16);
+}
+
+/** RFC 1624 eqn 3 with a summed delta, in place: HC' = ~(~HC + sum(~m + m')). */
+export function applyDelta(b: Buffer, o: number, delta: number): void {
+  const hc = (b[o] << 8) | b[o + 1];
+  const v = ~foldSmall((~hc & 0xffff) + delta) & 0xffff;
+  b[o] = v >>> 8;
+  b[o + 1] = v & 0xff;
+}
+
+/**
+ * applyDelta for a UDP checksum over IPv4 (RFC 768): 0 means "no checksum"
+ * and stays 0; a computed 0 is sent as 0xFFFF.
+ */
+export function applyDeltaUdp(b: Buffer, o: number, delta: number): void {
+  const hc = (b[o] << 8) | b[o + 1];
+  if (hc === 0) return;
+  let v = ~foldSmall((~hc & 0xffff) + delta) & 0xffff;
+  if (v === 0) v = 0xffff;
+  b[o] = v >>> 8;
+  b[o + 1] = v & 0xff;
+}
