@@ -45,12 +45,28 @@ export async function runAppliance(opts: RunOptions): Promise<number> {
     return 1;
   }
   process.stdout.write('READY\n');
+  // SIGHUP: read the file again; the distributor's tables are rebuilt and
+  // swapped whole (established flows stay on their targets). A bad file is
+  // reported and the running configuration stays.
+  const onHup = () => {
+    void (async () => {
+      try {
+        const next = loadConfig(opts.config);
+        await app.reload(next);
+        log.info('configuration reloaded', { file: opts.config });
+      } catch (err) {
+        log.error('configuration not reloaded; the running one stays', { file: opts.config, error: (err as Error).message });
+      }
+    })();
+  };
+  process.on('SIGHUP', onHup);
   await new Promise<void>((resolve) => {
     const done = () => resolve();
     process.once('SIGINT', done);
     process.once('SIGTERM', done);
     if (opts.duration) setTimeout(done, opts.duration * 1000).unref();
   });
+  process.off('SIGHUP', onHup);
   const final = await app.stop();
   log.info('appliance stopped', { counters: nonZero(final) });
   process.stdout.write('final counters:\n');
@@ -80,4 +96,26 @@ export async function runNatList(opts: { socket: string; json?: boolean }): Prom
 interface NatRow {
   proto: string; insideAddress: string; insidePort: number; outsideAddress: string; outsidePort: number; state: string; idle: number;
   remotes: { address: string; port: number }[];
+}
+
+interface LbRow {
+  name: string; vip: string; port: number; proto: string; mode: string; health: string;
+  targets: { address: string; port: number; weight: number; effectiveWeight: number; state: string; drain: boolean; lastError: string | null }[];
+}
+
+export async function runLbStatus(opts: { socket: string; json?: boolean }): Promise<number> {
+  const r = (await adminGet(opts.socket, '/lb')) as { services: LbRow[] };
+  if (opts.json) {
+    process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+    return 0;
+  }
+  if (r.services.length === 0) process.stdout.write('no lb services configured\n');
+  for (const s of r.services) {
+    process.stdout.write(`${s.name}  ${s.proto}/${s.vip}:${s.port}  ${s.mode}  health ${s.health}\n`);
+    for (const x of s.targets) {
+      const w = x.effectiveWeight === x.weight ? `${x.weight}` : `${x.effectiveWeight}/${x.weight}`;
+      process.stdout.write(`  ${`${x.address}:${x.port}`.padEnd(22)} ${x.state.padEnd(9)} weight ${w.padEnd(7)}${x.drain ? ' draining' : ''}${x.lastError ? `  ${x.lastError}` : ''}\n`);
+    }
+  }
+  return 0;
 }

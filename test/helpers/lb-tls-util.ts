@@ -75,22 +75,44 @@ export interface NginxTarget {
  * every request with "<name>\n". The access log line is
  * `<proxy_protocol_addr>:<proxy_protocol_port> <remote_addr>:<remote_port> <status>`.
  */
-export async function startNginx(dir: string, name: string, port: number, tlsCert?: { cert: string; key: string }): Promise<NginxTarget> {
+export function startNginx(dir: string, name: string, port: number, tlsCert?: { cert: string; key: string }): Promise<NginxTarget> {
+  return startNginxWith(dir, name, port, { tlsCert });
+}
+
+export interface NginxOptions {
+  /** Serve TLS (after the clear PROXY header when proxyProtocol). */
+  tlsCert?: { cert: string; key: string };
+  /** `listen ... proxy_protocol`. Default true. */
+  proxyProtocol?: boolean;
+  /** Access log format (nginx variables). Default the startNginx one. */
+  logFormat?: string;
+  /** Response body (nginx `return 200` text, variables allowed). Default "<name>\n". */
+  body?: string;
+  /** ssl_protocols (nginx 1.22 defaults to TLSv1 TLSv1.1 TLSv1.2). */
+  sslProtocols?: string;
+}
+
+/** nginx as startNginx, with the listen flags, log format and body chosen by the caller. */
+export async function startNginxWith(dir: string, name: string, port: number, o: NginxOptions): Promise<NginxTarget> {
   const d = path.join(dir, name);
   fs.mkdirSync(d, { recursive: true });
   const accessLog = path.join(d, 'access.log');
   const conf = path.join(d, 'nginx.conf');
+  const tlsCert = o.tlsCert;
+  const fmt = o.logFormat ?? '$proxy_protocol_addr:$proxy_protocol_port $remote_addr:$remote_port $status';
+  const body = o.body ?? `${name}\\n`;
   fs.writeFileSync(conf, `daemon off; master_process off; worker_processes 1;
 pid ${d}/nginx.pid; error_log ${d}/error.log;
 events { worker_connections 64; }
 http {
-  log_format pp '$proxy_protocol_addr:$proxy_protocol_port $remote_addr:$remote_port $status';
+  log_format pp '${fmt}';
   access_log ${accessLog} pp;
   client_body_temp_path ${d}/cb; proxy_temp_path ${d}/pt; fastcgi_temp_path ${d}/ft; uwsgi_temp_path ${d}/ut; scgi_temp_path ${d}/st;
+  keepalive_requests 1000; keepalive_timeout 60s;
   server {
-    listen 127.0.0.1:${port}${tlsCert ? ' ssl' : ''} proxy_protocol;
-${tlsCert ? `    ssl_certificate ${tlsCert.cert}; ssl_certificate_key ${tlsCert.key};\n` : ''}    default_type text/plain;
-    return 200 "${name}\\n";
+    listen 127.0.0.1:${port}${tlsCert ? ' ssl' : ''}${o.proxyProtocol === false ? '' : ' proxy_protocol'};
+${tlsCert ? `    ssl_certificate ${tlsCert.cert}; ssl_certificate_key ${tlsCert.key};\n` : ''}${o.sslProtocols ? `    ssl_protocols ${o.sslProtocols};\n` : ''}    default_type text/plain;
+    return 200 "${body}";
   }
 }
 `);

@@ -14,7 +14,7 @@ import { checksum } from '../../src/wire/checksum.js';
 import { FlowTable } from '../../src/flow/flow-table.js';
 import { Counters } from '../../src/counters.js';
 import { PcapFileWriter } from '../../src/io/pcap-file.js';
-import { Distributor, type DistService } from '../../src/lb/distributor.js';
+import { Distributor, Handled, type DistService } from '../../src/lb/distributor.js';
 import { TCPF, checksumProblems, eth, fmt, ip, tcp4, tupleOf, udp4 } from './nat-helpers.js';
 
 const VIP = '192.0.2.10';
@@ -124,7 +124,15 @@ t.test('nat: destination rewritten to the target, replies rewritten back, checks
   t.equal(tupleOf(again[1].ip).dst, T);
   t.same(checksumProblems(again[0].ip), []);
   t.equal(r.c('lb_reply_rewritten'), 4);
+  // pkts[0] is a SYN: a new connection gets a fresh Maglev choice (the same target, the table did not change).
+  t.equal(r.c('lb_sticky_hit'), 0);
+  t.equal(r.c('lb_syn_rechosen'), 1);
+  // The client's ACK of the same flow is sticky.
+  const ack = r.run([tcp4(C, VIP_N, 40000, 80, TCPF.ACK, { seq: 78, ack: 6 })]);
+  t.equal(tupleOf(ack[0].ip).dst, T);
   t.equal(r.c('lb_sticky_hit'), 1);
+  t.same(checksumProblems(ack[0].ip), []);
+  t.equal(r.dist.handled[0], Handled.ROUTED, 'marked handled, so the NAT leaves it alone');
 });
 
 t.test('every target gets its weighted share within 10% over 3,000 flows', async (t) => {
@@ -395,4 +403,236 @@ t.test('distributing allocates nothing per packet', async (t) => {
   t.ok(counted > 0, 'at least one attempt ran without a collection');
   t.ok(r.c('lb_sticky_hit') > 0 && r.c('lb_distributed') > 0 && r.c('lb_reply_rewritten') > 0, 'the loop did distribute and rewrite replies');
   t.ok(perPacket < 1, `heap growth per packet ${perPacket.toFixed(4)} bytes`);
+});
+
+t.test('dsr and local services: replies from the VIP pass untouched and marked; local VIP ports are handed to the host', async (t) => {
+  const VIP = '198.18.10.1', VIP_D = ip(VIP);
+  const services: DistService[] = [
+    { vip: VIP, port: 80, proto: 6, mode: 'dsr-l2', targets: [{ id: 1, address: '198.19.1.11', port: 80, mac: '02:00:00:00:00:11', weight: 1 }] },
+    { vip: VIP, port: 443, proto: 6, mode: 'local', targets: [] },
+  ];
+  const r = new Rig(services);
+  const C = ip('198.18.1.2');
+  const out = r.run([
+    tcp4(C, VIP_D, 40000, 443, TCPF.SYN),
+    tcp4(VIP_D, C, 443, 40000, TCPF.SYN | TCPF.ACK),
+    tcp4(VIP_D, C, 80, 40001, TCPF.SYN | TCPF.ACK),
+    tcp4(VIP_D, C, 8080, 40002, TCPF.SYN | TCPF.ACK),
+  ]);
+  t.equal(r.dist.handled[0], Handled.LOCAL, 'to the local VIP:port');
+  t.equal(r.dist.handled[1], Handled.ROUTED, 'from the local VIP:port');
+  t.equal(r.dist.handled[2], Handled.ROUTED, 'from the DSR VIP:port');
+  t.equal(r.dist.handled[3], Handled.NONE, 'from the VIP on a port no service has: not ours');
+  t.equal(r.c('lb_local'), 1);
+  t.equal(r.c('lb_dsr_return'), 2);
+  for (let k = 0; k < 4; k++) t.equal(out[k].verdict, Verdict.FORWARD);
+  t.throws(() => r.dist.configure([{ vip: VIP, port: 443, proto: 6, mode: 'local', targets: [{ id: 1, address: '198.19.1.11', port: 443, weight: 1 }] }]), /must be empty in mode local/);
+});
+
+// ---- dsr-gue (GUE over UDP, draft-ietf-intarea-gue) ----
+// Import declarations are hoisted; they sit here because this section is appended to the file.
+import { validateConfig } from '../../src/control/config.js';
+import { GUE_DEFAULT_PORT } from '../../src/lb/distributor.js';
+import { gueTsharkArgs } from '../helpers/gue-dissector.js';
+import { heapGrowthPerPacket } from '../helpers/alloc.js';
+
+const GUE_TARGETS = [
+  { id: 1, address: '10.9.5.1', port: 80, weight: 1, mac: '02:00:00:00:05:01' },
+  { id: 2, address: '10.9.5.2', port: 80, weight: 1 },
+  { id: 3, address: '10.9.5.3', port: 80, weight: 1 },
+];
+
+/** Outer frames of the out batch (copies). */
+function outFrames(r: Rig): Buffer[] {
+  const f: Buffer[] = [];
+  for (let k = 0; k < r.out.count; k++) f.push(Buffer.from(r.out.arena.subarray(r.out.off[k], r.out.off[k] + r.out.capLen[k])));
+  return f;
+}
+
+t.test('dsr-gue variant 0: outer IPv4 + UDP to 6080 + GUE header (proto 4) + the inner packet byte for byte', async (t) => {
+  const r = new Rig([{ vip: VIP, port: 80, proto: 6, mode: 'dsr-gue', targets: GUE_TARGETS }]);
+  const pkts = Array.from({ length: 30 }, (_, k) => tcp4(client(k), VIP_N, 5000 + k, 80, TCPF.SYN, { df: k % 2 === 0, tos: k & 0xfc, payload: Buffer.alloc(k * 7, 0x62) }));
+  pkts.push(tcp4(client(1), VIP_N, 5000, 81, TCPF.SYN)); // no service on :81
+  const res = r.run(pkts);
+  for (let k = 0; k < 30; k++) t.equal(res[k].verdict, Verdict.DROP, `original ${k} consumed`);
+  t.equal(res[30].verdict, Verdict.FORWARD, 'not for a VIP:port: untouched');
+  t.equal(r.out.count, 30);
+  t.equal(GUE_DEFAULT_PORT, 6080);
+  const seen = new Set<string>();
+  const sportOf = new Map<number, number>();
+  outFrames(r).forEach((frame, k) => {
+    const o = frame.subarray(14);
+    t.same(frame.subarray(6, 14), eth(pkts[k]).subarray(6, 14), 'source MAC and EtherType kept');
+    t.equal(o[0], 0x45);
+    t.equal(o[9], 17, 'outer protocol UDP');
+    t.equal(o.readUInt16BE(2), pkts[k].length + 32, 'outer total length = inner + 20 + 8 + 4');
+    t.equal(checksum(o, 0, 20), 0, 'outer header checksum verifies (precomputed part + per-packet words)');
+    t.equal(o[1], pkts[k][1], 'TOS copied');
+    t.equal((o[6] & 0x40) !== 0, k % 2 === 0, 'DF copied');
+    t.equal(o[8], 64, 'TTL 64');
+    t.equal(fmt(o.readUInt32BE(12)), LOCAL, 'outer source: localAddress');
+    const dst = fmt(o.readUInt32BE(16));
+    t.ok(GUE_TARGETS.some((x) => x.address === dst), `outer destination a target (${dst})`);
+    seen.add(dst);
+    if (dst === '10.9.5.1') t.equal(frame.subarray(0, 6).toString('hex'), '020000000501', 'next-hop MAC of the target');
+    const sport = o.readUInt16BE(20);
+    t.ok(sport >= 49152 && sport <= 65535, `source port ${sport} in the ephemeral range`);
+    sportOf.set(k, sport);
+    t.equal(o.readUInt16BE(22), 6080, 'destination port 6080');
+    t.equal(o.readUInt16BE(24), pkts[k].length + 12, 'UDP length');
+    t.equal(o.readUInt16BE(26), 0, 'UDP checksum 0 (default)');
+    t.same([...o.subarray(28, 32)], [0, 4, 0, 0], 'GUE: version 0, C 0, hlen 0, proto 4, flags 0');
+    t.same(o.subarray(32), pkts[k], 'inner packet byte for byte');
+  });
+  t.equal(seen.size, 3, 'every target used');
+  t.ok(new Set(sportOf.values()).size > 20, 'source ports spread over flows (entropy)');
+  // The same flows again (ACKs, sticky): the same source port per flow.
+  r.run(Array.from({ length: 30 }, (_, k) => tcp4(client(k), VIP_N, 5000 + k, 80, TCPF.ACK)));
+  outFrames(r).forEach((frame, k) => t.equal(frame.readUInt16BE(14 + 20), sportOf.get(k), `flow ${k}: same source port`));
+  t.equal(r.c('lb_distributed'), 60);
+  // A DSR reply from the VIP is passed on untouched and marked.
+  r.run([tcp4(VIP_N, client(3), 80, 5003, TCPF.SYN | TCPF.ACK)]);
+  t.equal(r.dist.handled[0], Handled.ROUTED, 'reply from the dsr-gue VIP:port marked');
+  t.equal(r.c('lb_dsr_return'), 1);
+});
+
+t.test('dsr-gue with checksum on, variant 1 and another port: the UDP checksum verifies in full', async (t) => {
+  const r = new Rig([
+    { vip: VIP, port: 80, proto: 6, mode: 'dsr-gue', targets: GUE_TARGETS, gue: { port: 7000, checksum: true } },
+    { vip: VIP, port: 53, proto: 17, mode: 'dsr-gue', targets: GUE_TARGETS.map((x) => ({ ...x, port: 53 })), gue: { port: 7001, variant: 1, checksum: true } },
+  ]);
+  const pkts: Buffer[] = [];
+  for (let k = 0; k < 40; k++) {
+    // Odd and even lengths (the checksum's last byte), payloads that make sums wrap.
+    const pl = Buffer.alloc(k * 5 + (k & 1), 0xff - k);
+    pkts.push(k % 2 ? udp4(client(k), VIP_N, 7000 + k, 53, pl, { zero: k % 4 === 1 }) : tcp4(client(k), VIP_N, 7000 + k, 80, TCPF.ACK, { payload: pl }));
+  }
+  r.run(pkts);
+  t.equal(r.out.count, 40);
+  outFrames(r).forEach((frame, k) => {
+    const o = frame.subarray(14);
+    const v1 = k % 2 === 1;
+    t.equal(o.readUInt16BE(22), v1 ? 7001 : 7000, 'configured port');
+    const inner = o.subarray(v1 ? 28 : 32);
+    if (!v1) t.same([...o.subarray(28, 32)], [0, 4, 0, 0], 'variant 0 header');
+    else t.equal(inner[0] >> 6, 1, 'variant 1: the inner IPv4 header reads as GUE version 1 (0100...)');
+    t.same(inner, pkts[k], 'inner packet intact');
+    t.not(o.readUInt16BE(26), 0, 'UDP checksum present');
+    t.same(checksumProblems(o, `gue ${k}`), [], 'outer IP and UDP checksums verify in full');
+    t.same(checksumProblems(inner, `inner ${k}`), [], 'inner checksums untouched');
+  });
+  // A corrupted byte anywhere in the inner packet breaks the outer UDP checksum.
+  const f0 = outFrames(r)[0].subarray(14);
+  f0[40] ^= 0x10;
+  t.not(checksumProblems(f0).length, 0, 'the UDP checksum covers the inner packet');
+});
+
+t.test('dsr-gue: configuration errors, out batch full, slots keyed by the GUE options', async (t) => {
+  const flows = new FlowTable({ capacity: 1024, seed: 1 });
+  const noLocal = new Distributor({ flows });
+  t.throws(() => noLocal.configure([{ vip: VIP, port: 80, proto: 6, mode: 'dsr-gue', targets: GUE_TARGETS }]), /dsr-gue needs the distributor's localAddress/);
+  const r = new Rig([]);
+  t.throws(() => r.dist.configure([{ vip: VIP, port: 80, proto: 6, mode: 'dsr-ipip', targets: GUE_TARGETS, gue: { port: 6080 } }]), /services\[0\]\.gue is only for mode dsr-gue/);
+  t.throws(() => r.dist.configure([{ vip: VIP, port: 80, proto: 6, mode: 'dsr-gue', targets: GUE_TARGETS, gue: { port: 0 } }]), /gue\.port must be 1\.\.65535/);
+  t.throws(() => r.dist.configure([{ vip: VIP, port: 80, proto: 6, mode: 'dsr-gue', targets: GUE_TARGETS, gue: { variant: 2 as 0 } }]), /gue\.variant must be 0/);
+  r.dist.configure([{ vip: VIP, port: 80, proto: 6, mode: 'dsr-gue', targets: GUE_TARGETS }]);
+  const slots = r.dist.targetCount;
+  r.dist.configure([{ vip: VIP, port: 80, proto: 6, mode: 'dsr-gue', targets: GUE_TARGETS }]);
+  t.equal(r.dist.targetCount, slots, 'same options: same slots');
+  r.dist.configure([{ vip: VIP, port: 80, proto: 6, mode: 'dsr-gue', targets: GUE_TARGETS, gue: { port: 6081 } }]);
+  t.equal(r.dist.targetCount, slots + 3, 'another port: new slots (flows on the old ones keep their encapsulation)');
+  r.out = new Batch(1, 4096);
+  const two = r.run([tcp4(client(1), VIP_N, 1, 80, TCPF.SYN), tcp4(client(2), VIP_N, 2, 80, TCPF.SYN)]);
+  t.equal(r.out.count, 1);
+  t.equal(r.c('lb_out_full'), 1);
+  t.equal(two[1].verdict, Verdict.DROP);
+  t.equal(outFrames(r)[0].readUInt16BE(14 + 22), 6081, 'the new port is used');
+
+  // The YAML side: mode dsr-gue with defaults, gue only with dsr-gue.
+  const base = { io: { mode: 'af-packet', inside: 'a', outside: 'b', vnetHdr: false }, nat: { inside: ['10.0.0.0/8'], pool: ['192.0.2.1'] } };
+  const svc = (extra: object) => ({ ...base, lb: { services: [{ name: 's', vip: '192.0.2.10', port: 80, targets: [{ address: '10.9.5.1', port: 80 }], ...extra }] } });
+  const ok = validateConfig(svc({ mode: 'dsr-gue', gue: {} }));
+  t.same(ok.lb!.services[0].gue, { port: 6080, variant: 0, checksum: false }, 'gue defaults');
+  t.equal(validateConfig(svc({ mode: 'dsr-gue' })).lb!.services[0].gue, undefined, 'gue may be left out (distributor defaults)');
+  t.throws(() => validateConfig(svc({ mode: 'dsr-ipip', gue: { port: 7000 } })), /lb\.services\[0\]\.gue/);
+  t.throws(() => validateConfig(svc({ mode: 'dsr-gue', gue: { variant: 2 } })), /lb\.services\[0\]\.gue\.variant/);
+  // af-packet with virtio headers: encapsulated copies would go out without one (and with partial inner checksums).
+  t.throws(() => validateConfig({ ...svc({ mode: 'dsr-gue' }), io: { ...base.io, vnetHdr: true } }), /io\.vnetHdr.*dsr-gue \(lb\.services\[0\]\) in af-packet mode needs io\.vnetHdr: false/);
+  t.throws(() => validateConfig({ ...svc({ mode: 'dsr-ipip' }), io: { mode: 'af-packet', inside: 'a', outside: 'b' } }), /needs io\.vnetHdr: false/);
+  t.ok(validateConfig({ ...svc({ mode: 'dsr-gue' }), io: { mode: 'tun', tun: 'x' } }), 'TUN mode: no virtio header involved');
+});
+
+t.test('dsr-gue: tshark decodes outer UDP, GUE and the inner packet with good checksums', async (t) => {
+  if (!haveTshark()) {
+    t.comment('tshark not installed: decoding check skipped');
+    return;
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lb-gue-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const lua = gueTsharkArgs(dir);
+  const cases = [
+    { name: 'variant 0, checksum 0', gue: {}, decode: [] as string[], udpStatus: '3', hasGue: true },
+    { name: 'variant 0, checksum on, port 7000', gue: { port: 7000, checksum: true }, decode: ['-d', 'udp.port==7000,gue'], udpStatus: '1', hasGue: true },
+    // Variant 1 is plain IP after UDP: tshark's own ip dissector reads it.
+    { name: 'variant 1 (Katran), checksum on', gue: { variant: 1 as const, checksum: true }, decode: ['-d', 'udp.port==6080,ip'], udpStatus: '1', hasGue: false },
+  ];
+  for (const c of cases) {
+    const r = new Rig([{ vip: VIP, port: 80, proto: 6, mode: 'dsr-gue', targets: GUE_TARGETS, gue: c.gue }]);
+    const pkts = Array.from({ length: 12 }, (_, k) => tcp4(client(k), VIP_N, 6000 + k, 80, TCPF.SYN, { payload: Buffer.alloc(k * 11 + 1, 0x30 + k) }));
+    r.run(pkts);
+    const file = path.join(dir, 'gue.pcap');
+    const w = new PcapFileWriter(file, { linkType: LinkType.EN10MB });
+    w.writeBatch(r.out);
+    w.close();
+    const txt = execFileSync('tshark', ['-r', file, ...(c.hasGue ? lua : []), ...c.decode, '-T', 'fields', '-E', 'occurrence=a', '-E', 'aggregator=,',
+      '-e', 'ip.proto', '-e', 'ip.src', '-e', 'ip.dst', '-e', 'ip.checksum.status', '-e', 'udp.dstport', '-e', 'udp.checksum.status', '-e', 'tcp.checksum.status',
+      '-e', 'tcp.srcport', '-e', 'tcp.len', ...(c.hasGue ? ['-e', 'gue.version', '-e', 'gue.proto'] : []),
+      '-o', 'ip.check_checksum:TRUE', '-o', 'tcp.check_checksum:TRUE', '-o', 'udp.check_checksum:TRUE'], { encoding: 'utf8' });
+    const rows = txt.trim().split('\n').map((l) => l.split('\t'));
+    t.equal(rows.length, 12, `${c.name}: tshark read every packet`);
+    rows.forEach((row, k) => {
+      const [protos, srcs, dsts, ipCk, dport, udpCk, tcpCk, tsport, tlen, gver, gproto] = row;
+      t.equal(protos, '17,6', `${c.name} ${k}: UDP outside, TCP inside`);
+      t.same(srcs.split(','), [LOCAL, fmt(client(k))], 'sources: localAddress, then the client');
+      const [oDst, iDst] = dsts.split(',');
+      t.ok(GUE_TARGETS.some((x) => x.address === oDst), `outer destination ${oDst}`);
+      t.equal(iDst, VIP, 'inner destination the VIP');
+      t.equal(ipCk, '1,1', 'both IP checksums good');
+      t.equal(dport, String(c.gue.port ?? 6080));
+      t.equal(udpCk, c.udpStatus, c.udpStatus === '1' ? 'UDP checksum good' : 'UDP checksum 0: "not present" (tshark status 3; legal over IPv4)');
+      t.equal(tcpCk, '1', 'inner TCP checksum good');
+      t.equal(tsport, String(6000 + k));
+      t.equal(tlen, String(k * 11 + 1), 'inner payload length');
+      if (c.hasGue) {
+        t.equal(gver, '0', 'GUE version 0');
+        t.equal(gproto, '4', 'GUE proto 4 (IPv4)');
+      }
+    });
+  }
+});
+
+t.test('dsr-gue allocates nothing per packet (checksum on and off)', async (t) => {
+  for (const checksumOn of [false, true]) {
+    const r = new Rig([
+      { vip: '192.0.2.30', port: 80, proto: 6, mode: 'dsr-gue', targets: GUE_TARGETS, gue: { checksum: checksumOn } },
+      { vip: '192.0.2.31', port: 80, proto: 6, mode: 'dsr-gue', targets: GUE_TARGETS, gue: { variant: 1, checksum: checksumOn } },
+    ]);
+    const frames: Buffer[] = [];
+    for (let k = 0; k < 128; k++) frames.push(eth(tcp4(client(k), ip(k & 1 ? '192.0.2.31' : '192.0.2.30'), 9000 + k, 80, TCPF.ACK, { payload: Buffer.alloc(100 + k, k) })));
+    const b = r.batch;
+    b.clear();
+    for (const f of frames) b.push(f, 0, f.length, f.length, 1000, 0, LinkType.EN10MB);
+    const round = (): void => {
+      parseBatch(b, r.meta);
+      r.flows.trackBatch(b, r.meta, r.counters);
+      r.out.clear();
+      for (let k = 0; k < b.count; k++) b.verdict[k] = Verdict.FORWARD;
+      r.dist.distributeBatch(b, r.meta, r.flows.flowOf, r.out);
+    };
+    for (let k = 0; k < 2000; k++) round();
+    const { perPacket, counted } = heapGrowthPerPacket(round, b.count);
+    t.equal(r.out.count, 128, 'every packet encapsulated');
+    t.ok(counted > 0, 'at least one attempt ran without a collection');
+    t.ok(perPacket < 1, `checksum ${checksumOn ? 'on' : 'off'}: heap growth per packet ${perPacket.toFixed(4)} bytes`);
+  }
 });

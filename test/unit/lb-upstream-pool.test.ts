@@ -3,6 +3,7 @@
 // resumed a session (server side), plus openssl s_client as a second client.
 import fs from 'node:fs';
 import path from 'node:path';
+import net from 'node:net';
 import t from 'tap';
 import {
   UpstreamPool, UpstreamPoolError, WaitQueue, exportSessions, importSessions, sharedSessions, sessionKey,
@@ -378,4 +379,94 @@ t.test('close fails waiters and destroys connections', async (t) => {
   t.equal((after as UpstreamPoolError).code, 'ECLOSED');
   t.throws(() => new UpstreamPool({ ...({} as UpstreamPoolOptions), host: 'h', port: 1, maxConnections: 0, idleTimeoutMs: 0, queue: 'fifo', maxWaiters: 0, waitTimeoutMs: 0 }), /maxConnections must be an integer 1/);
   t.throws(() => new UpstreamPool({ host: 'h', port: 1, servername: '10.0.0.1', maxConnections: 1, idleTimeoutMs: 0, queue: 'fifo', maxWaiters: 0, waitTimeoutMs: 0 }), /servername/);
+});
+
+/**
+ * A server that reads a clear preface of `len` bytes per TCP connection, then
+ * hands the connection to the echo server's TLS side (what nginx's
+ * `listen ... ssl proxy_protocol` does with a PROXY header).
+ */
+async function prefacedServer(len: number): Promise<{ port: number; prefaces: Buffer[]; es: EchoServer; close(): Promise<void> }> {
+  const es = await server();
+  const prefaces: Buffer[] = [];
+  const front = net.createServer((s) => {
+    let buf = Buffer.alloc(0);
+    const onData = (d: Buffer): void => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length < len) return;
+      s.off('data', onData);
+      s.pause();
+      prefaces.push(buf.subarray(0, len));
+      if (buf.length > len) s.unshift(buf.subarray(len));
+      es.server.emit('connection', s);
+    };
+    s.on('data', onData);
+    s.on('error', () => undefined);
+  });
+  await new Promise<void>((r) => front.listen(0, '127.0.0.1', () => r()));
+  return {
+    port: (front.address() as net.AddressInfo).port,
+    prefaces,
+    es,
+    close: () => new Promise<void>((r) => front.close(() => r())),
+  };
+}
+
+t.test('preface: pooled connections write the pool\'s, dedicated ones their own, in clear before the ClientHello', async (t) => {
+  const ps = await prefacedServer(6);
+  t.teardown(() => ps.close());
+  const p = pool(ps.es, { port: ps.port, maxConnections: 2, preface: Buffer.from('POOL1\n') });
+  const a = await acquire(p);
+  t.equal(await roundTrip(a.socket, 'a'), 'echo:a', 'TLS works after the preface');
+  const b = await acquire(p); // a second pooled connection (a is leased)
+  t.ok(b.resumed, 'a resumption over a prefaced connection');
+  const d = await acquire(p, { dedicated: true, preface: Buffer.from('DEDI1\n') });
+  t.equal(await roundTrip(d.socket, 'd'), 'echo:d');
+  t.same(ps.prefaces.map((x) => x.toString()), ['POOL1\n', 'POOL1\n', 'DEDI1\n']);
+  a.release(true);
+  const again = await acquire(p);
+  t.ok(again.reused, 'a reuse writes nothing new');
+  t.equal(ps.prefaces.length, 3);
+  again.release(true);
+  b.release(false);
+  d.release(false);
+  t.throws(() => p.acquire({ dedicated: true, preface: 'x' as unknown as Buffer }, () => undefined), /preface must be a Uint8Array/);
+  t.throws(() => pool(ps.es, { preface: 'x' as unknown as Buffer }), /preface must be a Uint8Array/);
+  p.close(); // the front server's close waits for its connections
+});
+
+t.test('preface: a refused TCP connection fails the request and frees the slot', async (t) => {
+  const es = await server();
+  const dead = net.createServer();
+  await new Promise<void>((r) => dead.listen(0, '127.0.0.1', () => r()));
+  const deadPort = (dead.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => dead.close(() => r()));
+  const p = pool(es, { port: deadPort, maxConnections: 1, preface: Buffer.from('X') });
+  const err = await acquire(p).then(() => null, (e: unknown) => e as NodeJS.ErrnoException);
+  t.equal(err?.code, 'ECONNREFUSED');
+  t.equal(p.counters.errors, 1);
+  t.equal(p.openCount, 0, 'the slot is free again');
+});
+
+t.test('cancel(): a waiting request leaves the line and is never called back', async (t) => {
+  const es = await server();
+  const p = pool(es, { maxConnections: 1 });
+  const first = await acquire(p);
+  let called = false;
+  const w = p.acquire({}, () => { called = true; });
+  const served: string[] = [];
+  const next = acquire(p).then((l) => { served.push('next'); return l; });
+  t.equal(p.waiting, 2);
+  t.ok(w.cancel(), 'it was waiting');
+  t.notOk(w.cancel(), 'only once');
+  t.equal(p.waiting, 1);
+  t.equal(p.counters.cancelled, 1);
+  first.release(true);
+  const l = await next;
+  t.same(served, ['next'], 'the connection went to the next waiter');
+  await tick();
+  t.notOk(called, 'the cancelled callback never ran');
+  l.release(true);
+  const immediate = p.acquire({}, (_e, lease) => lease?.release(true));
+  t.notOk(immediate.cancel(), 'a request served at once was not waiting');
 });

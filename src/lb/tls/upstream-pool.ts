@@ -37,6 +37,16 @@
 //   - A connection that errors or closes (the target closed an idle
 //     connection, a reset) leaves the pool at once; its slot goes to the
 //     head waiter.
+//   - A preface (bytes written in clear on the TCP connection before the
+//     TLS ClientHello: a PROXY protocol v2 header, haproxy
+//     doc/proxy-protocol.txt 2.2, as `server ... ssl send-proxy-v2` sends
+//     it and nginx's `listen ... ssl proxy_protocol` expects it) can be set
+//     per pool (every pooled connection: it is written once per TCP
+//     connection, so it cannot name one client; the TLS terminator uses a
+//     LOCAL header there) and per dedicated request (its own client).
+//   - acquire() returns a handle whose cancel() takes a request out of the
+//     waiting line (its client left): the line stays bounded by live
+//     requests, not by the wait timeout.
 
 import net from 'node:net';
 import tls from 'node:tls';
@@ -308,6 +318,8 @@ export interface UpstreamPoolOptions extends UpstreamTarget {
   sessionWaitMs?: number;
   /** Extra tls.connect options (minVersion, maxVersion, ALPNProtocols, ...). */
   tls?: Omit<tls.ConnectionOptions, 'host' | 'port' | 'servername' | 'ca' | 'session' | 'socket' | 'rejectUnauthorized'>;
+  /** Bytes written in clear on every pooled connection before its TLS handshake (e.g. a PROXY v2 LOCAL header). Default none. */
+  preface?: Uint8Array | null;
   /** Session cache. Default: the process-wide sharedSessions. */
   sessions?: SessionCache;
   /** Timers for idle, wait and ticket timeouts (tests). */
@@ -321,7 +333,26 @@ export interface UpstreamRequest {
   dedicated?: boolean;
   /** A client certificate to present to the target; implies dedicated. */
   identity?: { cert: string | Buffer; key: string | Buffer; passphrase?: string };
+  /**
+   * Dedicated requests only: bytes written in clear before the TLS handshake
+   * instead of the pool's preface (e.g. a PROXY v2 header naming this
+   * request's client). Ignored for shared requests.
+   */
+  preface?: Uint8Array | null;
 }
+
+/** What acquire() returns. */
+export interface UpstreamWait {
+  /**
+   * Takes the request out of the waiting line: true when it was waiting (its
+   * callback will never be called); false when it was not waiting (already
+   * served, refused, or being connected: the callback still comes, and a
+   * lease it brings must be released).
+   */
+  cancel(): boolean;
+}
+
+const NOT_WAITING: UpstreamWait = { cancel: () => false };
 
 export interface UpstreamLease {
   /**
@@ -379,6 +410,8 @@ export class UpstreamPoolCounters {
   sessionsCached = 0;
   /** New connections that waited for a TLS 1.3 ticket in flight. */
   ticketWaits = 0;
+  /** Waiting requests cancelled by their holder (client gone). */
+  cancelled = 0;
 }
 
 // ------------------------------------------------------------- pool
@@ -388,6 +421,8 @@ type State = (typeof State)[keyof typeof State];
 
 class Conn {
   socket: tls.TLSSocket | null = null;
+  /** The TCP connection while its preface is being sent (before `socket` exists). */
+  raw: net.Socket | null = null;
   state: State = State.Opening;
   resumed = false;
   /** A 'session' event arrived on this connection. */
@@ -450,6 +485,7 @@ export class UpstreamPool {
   private readonly connectTimeoutMs: number;
   private readonly sessionWaitMs: number;
   private readonly extraTls: UpstreamPoolOptions['tls'];
+  private readonly preface: Uint8Array | null;
   private readonly sessions: SessionCache;
   private readonly clock: QueueClock;
   private readonly waiters: WaitQueue<Waiter>;
@@ -486,6 +522,8 @@ export class UpstreamPool {
     this.ca = opts.ca;
     this.rejectUnauthorized = opts.rejectUnauthorized ?? true;
     this.extraTls = opts.tls;
+    if (opts.preface !== undefined && opts.preface !== null && !(opts.preface instanceof Uint8Array)) throw new TypeError('upstream pool: preface must be a Uint8Array (or null)');
+    this.preface = opts.preface ?? null;
     this.sessions = opts.sessions ?? sharedSessions;
     this.clock = opts.clock ?? realClock;
     this.key = sessionKey(this.host, this.port, this.servername);
@@ -511,30 +549,43 @@ export class UpstreamPool {
   /** This target's cached session, if any. */
   get session(): Buffer | undefined { return this.sessions.get(this.key); }
 
-  /** Calls cb with a lease (always asynchronously), or with an UpstreamPoolError / the connect error. */
-  acquire(request: UpstreamRequest, cb: UpstreamCallback): void {
+  /**
+   * Calls cb with a lease (always asynchronously), or with an
+   * UpstreamPoolError / the connect error. The returned handle cancels a
+   * request that is waiting.
+   */
+  acquire(request: UpstreamRequest, cb: UpstreamCallback): UpstreamWait {
     if (typeof cb !== 'function') throw new TypeError('upstream pool: acquire needs a callback');
     const req = request ?? {};
     const priority = req.priority ?? 0;
     if (typeof priority !== 'number' || Number.isNaN(priority)) throw new TypeError(`upstream pool: priority must be a number, got ${String(req.priority)}`);
-    if (this.closed) { process.nextTick(cb, new UpstreamPoolError('ECLOSED', `upstream pool ${this.key} is closed`), null); return; }
+    if (this.closed) { process.nextTick(cb, new UpstreamPoolError('ECLOSED', `upstream pool ${this.key} is closed`), null); return NOT_WAITING; }
     if (req.dedicated === true || req.identity !== undefined) {
+      if (req.preface !== undefined && req.preface !== null && !(req.preface instanceof Uint8Array)) throw new TypeError('upstream pool: preface must be a Uint8Array (or null)');
       const conn = new Conn(false, this);
       this.dedicatedConns.add(conn);
       this.counters.dedicated++;
-      this.connect(conn, cb, req.identity);
-      return;
+      this.connect(conn, cb, req.identity, req.preface ?? null);
+      return NOT_WAITING;
     }
     const c = this.takeIdle();
-    if (c !== null) { this.grant(c, cb); return; }
-    if (this.conns.size < this.maxConnections) { this.openPooled(cb); return; }
+    if (c !== null) { this.grant(c, cb); return NOT_WAITING; }
+    if (this.conns.size < this.maxConnections) { this.openPooled(cb); return NOT_WAITING; }
     const w: Waiter = { cb };
-    if (this.waiters.push(w, this.order === 'priority' ? priority : 0) === NIL) {
+    const k = this.waiters.push(w, this.order === 'priority' ? priority : 0);
+    if (k === NIL) {
       this.counters.queueFull++;
       process.nextTick(cb, new UpstreamPoolError('EQUEUEFULL', `upstream pool ${this.key}: ${this.waiters.capacity} requests already waiting`), null);
-      return;
+      return NOT_WAITING;
     }
     this.counters.waits++;
+    return {
+      cancel: () => {
+        if (!this.waiters.remove(k, w)) return false;
+        this.counters.cancelled++;
+        return true;
+      },
+    };
   }
 
   /** Fails every waiter and destroys every connection (pooled, leased and dedicated). */
@@ -547,6 +598,7 @@ export class UpstreamPool {
       c.retired = true;
       if (c.idleTimer !== null) { this.clock.clearTimer(c.idleTimer); c.idleTimer = null; }
       if (c.socket !== null) c.socket.destroy();
+      else if (c.raw !== null) c.raw.destroy();
     }
   }
 
@@ -616,11 +668,11 @@ export class UpstreamPool {
     // handshake into a resumption.
     if (this.ticketPending > 0 && this.sessionWaitMs > 0) {
       this.counters.ticketWaits++;
-      this.ticketWaiters.push(() => this.connect(conn, cb, undefined));
+      this.ticketWaiters.push(() => this.connect(conn, cb, undefined, this.preface));
       if (this.ticketTimer === null) this.ticketTimer = this.clock.setTimer(this.ticketTimeout, this.sessionWaitMs);
       return;
     }
-    this.connect(conn, cb, undefined);
+    this.connect(conn, cb, undefined, this.preface);
   }
 
   private flushTicketWaiters(): void {
@@ -630,7 +682,7 @@ export class UpstreamPool {
     for (const go of list) go();
   }
 
-  private connect(conn: Conn, cb: UpstreamCallback, identity: UpstreamRequest['identity']): void {
+  private connect(conn: Conn, cb: UpstreamCallback, identity: UpstreamRequest['identity'], preface: Uint8Array | null): void {
     if (this.closed) {
       conn.state = State.Closed;
       this.conns.delete(conn);
@@ -656,6 +708,52 @@ export class UpstreamPool {
       opts.key = identity.key;
       if (identity.passphrase !== undefined) opts.passphrase = identity.passphrase;
     }
+    if (preface !== null && preface.length > 0) {
+      this.connectWithPreface(conn, opts, preface);
+      return;
+    }
+    this.startTls(conn, opts);
+  }
+
+  /**
+   * TCP first, the preface in clear, then TLS over the same connection (the
+   * preface must precede the ClientHello on the wire, so it is written on
+   * the connected socket before tls.connect wraps it).
+   */
+  private connectWithPreface(conn: Conn, opts: tls.ConnectionOptions, preface: Uint8Array): void {
+    const raw = net.connect({ host: this.host, port: this.port });
+    conn.raw = raw;
+    raw.setNoDelay(true);
+    let timer: unknown = null;
+    if (this.connectTimeoutMs > 0) {
+      timer = this.clock.setTimer(() => {
+        timer = null;
+        raw.destroy(new UpstreamPoolError('ETIMEDOUT', `upstream pool ${this.key}: no TCP connection within ${this.connectTimeoutMs} ms`));
+      }, this.connectTimeoutMs);
+    }
+    const stopTimer = (): void => { if (timer !== null) { this.clock.clearTimer(timer); timer = null; } };
+    const onError = (): void => { if (!conn.retired) this.counters.errors++; };
+    const onClose = (): void => { stopTimer(); this.onClose(conn); };
+    raw.once('error', onError);
+    raw.once('close', onClose);
+    raw.once('connect', () => {
+      stopTimer();
+      raw.off('error', onError);
+      raw.off('close', onClose);
+      // From here the TLS socket owns the connection and reports its errors;
+      // one on the TCP socket must not go unheard (an 'error' without a listener throws).
+      raw.on('error', () => undefined);
+      if (conn.retired || this.closed) {
+        raw.once('close', () => this.onClose(conn));
+        raw.destroy();
+        return;
+      }
+      raw.write(preface);
+      this.startTls(conn, { ...opts, socket: raw });
+    });
+  }
+
+  private startTls(conn: Conn, opts: tls.ConnectionOptions): void {
     const s = tls.connect(opts);
     conn.socket = s;
     if (this.connectTimeoutMs > 0) {
@@ -729,8 +827,9 @@ export class UpstreamPool {
     this.forget(conn);
     if (pcb !== null) {
       // Closed before its handshake completed ('error' has been counted).
-      if (!conn.retired && conn.socket !== null && !conn.socket.errored) this.counters.errors++;
-      const err = conn.socket?.errored ?? new UpstreamPoolError('ECLOSED', `upstream pool ${this.key}: connection closed before the TLS handshake completed`);
+      const sock = conn.socket ?? conn.raw;
+      if (!conn.retired && sock !== null && !sock.errored) this.counters.errors++;
+      const err = (conn.socket ?? conn.raw)?.errored ?? new UpstreamPoolError('ECLOSED', `upstream pool ${this.key}: connection closed before the TLS handshake completed`);
       pcb(err instanceof Error ? err : new Error(String(err)), null);
     }
   }
