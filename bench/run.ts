@@ -6,9 +6,20 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BENCH_DIR } from './common.js';
 
-const SUITES = ['parse', 'flow', 'replay', 'nat', 'lb', 'lb-tls', 'live'];
+const SUITES = ['parse', 'flow', 'replay', 'nat', 'lb', 'guard', 'live'];
+/**
+ * Suites made of several files, run in order. `lb`: Maglev (bench/lb.ts),
+ * the distributor stage in the pipeline (bench/distributor.ts), TLS
+ * termination against HAProxy (bench/lb-tls.ts), then bench/lb-merge.ts puts
+ * the headline figures of all three into bench/results/lb.json.
+ */
+const GROUPS: Record<string, string[]> = {
+  lb: ['lb', 'distributor', 'lb-tls', 'lb-merge'],
+  // guard.ts writes bench/results/guard.json; guard-redis.ts (block propagation over Redis) merges into it.
+  guard: ['guard', 'guard-redis'],
+};
 const want = process.argv.slice(2).filter(Boolean);
-const run = want.length ? want : SUITES;
+const run = (want.length ? want : SUITES).flatMap((s) => GROUPS[s] ?? [s]);
 let failed = 0;
 for (const s of run) {
   const file = path.join(BENCH_DIR, `${s}.ts`);

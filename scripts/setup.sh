@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(libpcap-dev build-essential tshark tcpdump iperf3 hping3 netsniff-ng iproute2 iptables nftables conntrack ethtool curl openssl nginx-light haproxy coturn iputils-ping traceroute)
+APT_PKGS=(libpcap-dev build-essential tshark tcpdump iperf3 hping3 netsniff-ng iproute2 iptables nftables conntrack ethtool curl openssl nginx-light haproxy coturn iputils-ping traceroute redis-server)
 STAMP=node_modules/.portcullis-setup
 
 need_apt=()

@@ -32,6 +32,18 @@ export const COUNTER_DEFS = [
   ['route_gso', 'GSO super-frames forwarded whole (vnetHdr; the kernel segments them on transmit)'],
   ['route_hairpin', 'packets sent back out of the interface they came in on'],
   ['route_tx_dropped', 'forwarded packets the kernel refused or had no room for on transmit'],
+  // connection guard (src/guard/)
+  ['guard_attempts', 'connection attempts counted by the guard sensor: TCP SYN without ACK in a first fragment or an unfragmented packet'],
+  ['guard_assembled_syn', 'connection attempts whose SYN was found by assembling the first bytes of a TCP header split over fragments'],
+  ['guard_suspicious', 'suspicious fragments: a first TCP fragment too short to hold the flags, or a TCP fragment at offset 1 (RFC 1858, RFC 3128)'],
+  ['guard_suspicious_drop', 'suspicious fragments dropped (guard.dropSuspiciousFragments)'],
+  ['guard_frag_overlap', 'TCP header bytes written twice with different values by overlapping fragments (RFC 5722, RFC 3128)'],
+  ['guard_frag_table_full', 'fragment trains not assembled (oldest replaced): guard fragment window full'],
+  ['guard_table_full', 'attempts or suspicious fragments not counted: the per-interval address table of the sensor was full'],
+  ['guard_blocked_drop', 'packets dropped because their source address is blocked by the guard'],
+  ['guard_blocked_rst', 'TCP resets sent in answer to blocked SYNs (guard.rst)'],
+  ['guard_rst_limited', 'TCP resets not sent to blocked SYNs: over guard.rstRate, IPv6, or no room'],
+  ['guard_allow_exempt', 'packets inside a blocked prefix that passed because their source is on the guard allow list'],
 ] as const;
 
 export type CounterName = (typeof COUNTER_DEFS)[number][0];

@@ -18,6 +18,8 @@ import { Counters } from '../counters.js';
 import { protoName, createProgress, type Progress } from './output.js';
 import { ThreadedCapture } from '../pipeline/threaded-capture.js';
 import { PARSE_STATUS_COUNT } from '../wire/status.js';
+import { GuardReplay, formatGuardReport, type GuardReplayReport } from '../guard/replay-guard.js';
+import { loadGuardConfig, defaultGuardConfig, GuardConfigError } from '../guard/config.js';
 
 export interface ReplayOptions {
   fields?: boolean;
@@ -33,6 +35,10 @@ export interface ReplayOptions {
   flowCapacity?: number;
   /** Where output goes (tests pass a collector). */
   out?: (s: string) => void;
+  /** Run the connection guard's sensor and monitor (src/guard/replay-guard.ts) and report per originating address. */
+  guard?: boolean;
+  /** Guard configuration (an appliance YAML with a `guard` key, or the guard section alone); defaults when absent. */
+  config?: string;
 }
 
 export interface FileSummary {
@@ -57,6 +63,8 @@ export interface ReplaySummary {
   flowsExpired: number;
   topTalkers: { address: string; bytes: number; packets: number }[];
   counters: Record<string, number>;
+  /** With --guard: per originating address, what the guard counted and decided. */
+  guard?: GuardReplayReport;
 }
 
 /** Replays `files`; returns the summary (also printed unless fields/flows output was asked for). */
@@ -77,6 +85,16 @@ export async function replayFiles(files: string[], opts: ReplayOptions = {}): Pr
     parse: {}, flowsByProtocol: {}, flowsExpired: 0, topTalkers: [], counters: {},
   };
   const talkers = new Map<string, { bytes: number; packets: number }>();
+  let guard: GuardReplay | null = null;
+  if (opts.guard) {
+    try {
+      guard = new GuardReplay(opts.config ? loadGuardConfig(opts.config) : defaultGuardConfig(), counters, batch.capacity);
+    } catch (err) {
+      if (!(err instanceof GuardConfigError)) throw err;
+      process.stderr.write(`portcullis: ${err.message}\n`);
+      return { summary, code: 2 };
+    }
+  }
   const rowVals: string[] = [];
   let frameBase = 0;
   let code = 0;
@@ -139,7 +157,9 @@ export async function replayFiles(files: string[], opts: ReplayOptions = {}): Pr
           b.count = n;
           m.count = n;
         }
+        guard?.inspect(b, m, flows);
         flows.trackBatch(b, m, counters);
+        guard?.afterTrack(flows);
         // Statuses counted here, for exactly the packets used (the reader
         // thread may have parsed batches past --limit).
         const st = m.status;
@@ -193,6 +213,7 @@ export async function replayFiles(files: string[], opts: ReplayOptions = {}): Pr
       for (const f of flowRows) out(flowCsv(f) + '\n');
       flowRows.length = 0;
     }
+    guard?.endFile(flows);
     flows.clear();
     if (fs0.error && !opts.keepGoing) break;
   }
@@ -209,12 +230,14 @@ export async function replayFiles(files: string[], opts: ReplayOptions = {}): Pr
   summary.counters = counters.toObject();
   summary.flowsExpired = counters.get('flow_expired');
   summary.topTalkers = [...talkers.entries()].sort((a, b) => b[1].bytes - a[1].bytes).slice(0, 10).map(([address, v]) => ({ address, ...v }));
+  if (guard) summary.guard = guard.report();
 
   if (opts.json) {
     if (opts.flows) out(JSON.stringify({ flows: flowRows }, null, 2) + '\n');
     else if (!opts.fields) out(JSON.stringify(summary, null, 2) + '\n');
   } else if (!opts.fields && !opts.flows) {
     out(formatSummary(summary));
+    if (summary.guard) out(formatGuardReport(summary.guard));
   }
   return { summary, code };
 }

@@ -34,6 +34,10 @@ import { AdminServer } from './admin.js';
 import { NextHops, NeighbourWatcher, readInterface, type InterfaceInfo } from './neighbours.js';
 import { onesSum, pseudoSum4 } from '../wire/checksum.js';
 import { Counter } from '../counters.js';
+import { Guard } from '../guard/guard.js';
+import { LbControl } from './lb.js';
+import { Handled } from '../lb/distributor.js';
+import { fmtV4 } from './neighbours.js';
 
 /** Batches handled per readable event before yielding to the event loop. */
 const MAX_BATCHES_PER_EVENT = 64;
@@ -69,6 +73,12 @@ export class Appliance {
   private readonly dirOf: Uint8Array;
   /** Packets the NAT originates (ICMP errors) and fragments it releases. */
   private readonly originated = new Batch(64, 64 * 1600);
+  /** The workload distributor (config `lb`), or null. */
+  readonly lb: LbControl | null = null;
+  /** The connection guard (config `guard`), or null: sensor and block check before flow tracking. */
+  readonly guard: Guard | null = null;
+  /** dsr-ipip: encapsulated copies of the batch's packets, sent after it. */
+  private readonly encap: Batch;
   private tun: Tun | null = null;
   /** af-packet: one socket per side (0 inside, 1 outside). */
   private afp: [AfPacket, AfPacket] | null = null;
@@ -113,6 +123,25 @@ export class Appliance {
       if (a !== undefined) insideAddress = `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
     }
     this.napt = new Napt(naptConfigOf(cfg, insideAddress));
+    if (cfg.guard?.enabled) this.guard = new Guard(cfg.guard, { counters: this.counters, log, flows: this.flows, batchCapacity: cfg.io.batch, rawTx: true });
+    this.encap = new Batch(cfg.lb ? cfg.io.batch : 1, cfg.lb ? cfg.io.batch * 1600 : 64);
+    if (cfg.lb) {
+      const hops = this.hops;
+      const out = this.ifs?.[1].addrs[0];
+      this.lb = new LbControl(cfg.lb, this.flows, log, {
+        localAddress: out === undefined ? undefined : fmtV4(out),
+        // af-packet: directly connected targets' MACs from the kernel's neighbour table (asked for when missing).
+        resolveMac: hops === null ? undefined : (address: string) => {
+          const a = address.split('.').reduce((x, o) => ((x << 8) | Number(o)) >>> 0, 0) | 0;
+          const t = hops.tables[1], slot = t.slotOf(a);
+          if (slot < 0) {
+            hops.request(1, a);
+            return undefined;
+          }
+          return Array.from(t.macs.subarray(slot * 6, slot * 6 + 6), (x) => x.toString(16).padStart(2, '0')).join(':');
+        },
+      });
+    }
   }
 
   async start(): Promise<void> {
@@ -136,6 +165,8 @@ export class Appliance {
     this.raw = new RawTx();
     this.admin = new AdminServer(this, this.cfg.admin.socket, this.log);
     await this.admin.listen();
+    if (this.lb) await this.lb.start();
+    if (this.guard) await this.guard.start();
     this.startedAt = Date.now();
     this.lastStats = { at: this.startedAt, rx: 0, tx: 0 };
     if (this.afp) {
@@ -184,7 +215,9 @@ export class Appliance {
     const b = this.batch, m = this.meta, cv = this.counters.values;
     const n = b.count;
     parseBatch(b, m);
+    this.guard?.inspect(b, m, nowSec);
     this.flows.trackBatch(b, m, this.counters);
+    this.guard?.afterTrack();
     const dir = this.dirOf, src4 = m.src4, flags = m.flags, napt = this.napt;
     let bytes = 0;
     for (let i = 0; i < n; i++) {
@@ -196,11 +229,36 @@ export class Appliance {
     cv[RX_BYTES] += bytes;
     const out = this.originated;
     out.clear();
+    const lb = this.lb;
+    if (lb !== null) this.distribute(lb);
     napt.translateBatch(b, m, dir, nowSec, this.natCounters, out);
+    if (lb !== null) this.unpark();
     let fwd = 0;
     for (let i = 0; i < n; i++) if (b.verdict[i] === Verdict.FORWARD) fwd++;
     this.txPackets += fwd;
     if (out.count > 0) this.sendOriginated(out);
+    if (this.encap.count > 0) {
+      this.tun?.send(this.encap);
+      this.txPackets += this.encap.count;
+    }
+  }
+
+  /**
+   * The distributor's turn (after flow tracking, before the NAT): packets it
+   * handled are parked (a verdict the NAT skips) so the NAT leaves them alone,
+   * and dsr-ipip copies are collected in this.encap.
+   */
+  private distribute(lb: LbControl): void {
+    const b = this.batch, v = b.verdict, n = b.count;
+    this.encap.clear();
+    lb.dist.distributeBatch(b, this.meta, this.flows.flowOf, this.encap);
+    const h = lb.dist.handled;
+    for (let i = 0; i < n; i++) if (h[i] !== H_NONE && v[i] === Verdict.FORWARD) v[i] = PARKED;
+  }
+
+  private unpark(): void {
+    const v = this.batch.verdict, n = this.batch.count;
+    for (let i = 0; i < n; i++) if (v[i] === PARKED) v[i] = Verdict.FORWARD;
   }
 
   /**
@@ -270,16 +328,39 @@ export class Appliance {
     }
     cv[RX_PACKETS] += n;
     cv[RX_BYTES] += bytes;
+    this.guard?.inspect(b, m, nowSec);
     this.flows.trackBatch(b, m, this.counters);
+    this.guard?.afterTrack();
     const out = this.originated;
     out.clear();
+    const lb = this.lb;
+    if (lb !== null) this.distribute(lb);
     this.napt.translateBatch(b, m, dir, nowSec, this.natCounters, out);
+    if (lb !== null) this.unpark();
     const egress = this.napt.egress;
+    const handled = lb !== null ? lb.dist.handled : null;
     let hairpins = 0, fwd = 0;
     for (let i = 0; i < n; i++) {
       if (partial[i] === 2) this.unmaskGsoLength(i);
       if (verdict[i] !== Verdict.FORWARD) continue;
       const e = egress[i];
+      if (handled !== null && handled[i] !== H_NONE) {
+        const hk = handled[i];
+        if (hk === H_LOCAL) {
+          // A VIP:port this host serves (TLS terminator): the kernel has its own copy.
+          verdict[i] = Verdict.LOCAL;
+          continue;
+        }
+        if (hk === H_L2) {
+          // dsr-l2: the destination MAC is the target's; the source is the egress interface.
+          const o = off[i], eo = e * 6;
+          arena[o + 6] = mac[eo]; arena[o + 7] = mac[eo + 1]; arena[o + 8] = mac[eo + 2];
+          arena[o + 9] = mac[eo + 3]; arena[o + 10] = mac[eo + 4]; arena[o + 11] = mac[eo + 5];
+          if (e === side) hairpins++;
+          fwd++;
+          continue;
+        }
+      }
       const nh = hops.nextHop(e, dst4[i] | 0);
       if (nh === 0) {
         verdict[i] = Verdict.DROP;
@@ -306,7 +387,37 @@ export class Appliance {
     if (hairpins !== 0) cv[C_HAIRPIN] += hairpins;
     this.txPackets += fwd;
     if (out.count > 0) this.sendOriginated(out);
+    if (this.encap.count > 0) this.sendEncapsulated();
     return hairpins;
+  }
+
+  /**
+   * af-packet: dsr-ipip packets leave the outside interface; the outer
+   * destination (the target) gets its next hop's MAC like any routed packet.
+   */
+  private sendEncapsulated(): void {
+    const x = this.encap, hops = this.hops!, arena = x.arena, mac = hops.ifMac, cv = this.counters.values;
+    const t = hops.tables[1];
+    for (let i = 0; i < x.count; i++) {
+      const o = x.off[i];
+      const l3 = o + 14;
+      const d = ((arena[l3 + 16] << 24) | (arena[l3 + 17] << 16) | (arena[l3 + 18] << 8) | arena[l3 + 19]) | 0;
+      const nh = hops.nextHop(1, d);
+      const slot = nh === 0 ? -1 : t.slotOf(nh);
+      if (slot < 0) {
+        x.verdict[i] = Verdict.DROP;
+        cv[C_NO_NEIGHBOUR]++;
+        if (nh !== 0) hops.request(1, nh);
+        continue;
+      }
+      const macs = t.macs, ms = slot * 6;
+      for (let k = 0; k < 6; k++) {
+        arena[o + k] = macs[ms + k];
+        arena[o + 6 + k] = mac[6 + k];
+      }
+    }
+    const sent = this.afp![1].transmit(x);
+    this.txPackets += sent;
   }
 
   /**
@@ -410,6 +521,18 @@ export class Appliance {
     this.released += out.count;
   }
 
+  /**
+   * SIGHUP. What can change while running: the distributor's services
+   * (tables rebuilt and swapped whole, flows keep their targets). Anything
+   * else that differs is reported: it needs a restart.
+   */
+  async reload(next: Config): Promise<void> {
+    const strip = (c: Config) => JSON.stringify({ ...c, lb: undefined, log: undefined, stats: undefined });
+    if (strip(next) !== strip(this.cfg)) this.log.warn('reload: only the lb section (and log/stats) change while running; restart for the rest');
+    if (this.lb && next.lb) await this.lb.reload(next.lb);
+    else if (!this.lb !== !next.lb) throw new Error('reload: adding or removing the whole lb section needs a restart');
+  }
+
   counterValues(): Record<string, number> {
     const o: Record<string, number> = { ...this.counters.toObject(), ...this.natCounters.toObject() };
     for (let s = 0; s < PARSE_STATUS_NAMES.length; s++) o[`parse_${PARSE_STATUS_NAMES[s]}`] = this.meta.statusCounts[s];
@@ -418,6 +541,8 @@ export class Appliance {
     o.originated_errors = this.raw?.errors ?? 0;
     o.flows = this.flows.size;
     o.nat_mappings = this.napt.stats().mappings ?? 0;
+    if (this.lb) Object.assign(o, this.lb.counterValues());
+    if (this.guard) Object.assign(o, this.guard.stats());
     if (this.tun) for (const [k, v] of Object.entries(this.tun.stats())) o[`tun_${k}`] = v;
     if (this.afp) {
       for (let s = 0; s < 2; s++) for (const [k, v] of Object.entries(this.afp[s].stats())) o[`afp_${s === 0 ? 'inside' : 'outside'}_${k}`] = v;
@@ -439,7 +564,7 @@ export class Appliance {
     const rxRate = (c.rx_packets - this.lastStats.rx) / dt;
     const txRate = (c.tx_packets - this.lastStats.tx) / dt;
     this.lastStats = { at: now, rx: c.rx_packets, tx: c.tx_packets };
-    const drops = Object.entries(c).filter(([k, v]) => v > 0 && (k.startsWith('nat_drop_') || k.startsWith('nat_syn_dropped') || k.startsWith('nat_icmp_error_no') || (k.startsWith('parse_') && k !== 'parse_ok')))
+    const drops = Object.entries(c).filter(([k, v]) => v > 0 && (k.startsWith('nat_drop_') || k.startsWith('nat_syn_dropped') || k.startsWith('nat_icmp_error_no') || (k.startsWith('parse_') && k !== 'parse_ok') || k === 'guard_blocked_drop' || k === 'guard_suspicious_drop'))
       .map(([k, v]) => `${k.replace(/^nat_drop_/, '')}=${v}`);
     return `rx ${fmt(rxRate)} pkt/s  tx ${fmt(txRate)} pkt/s  total ${c.rx_packets} pkts  flows ${c.flows}  nat mappings ${c.nat_mappings}  translated out ${c.nat_out_translated} in ${c.nat_in_translated}  drops ${drops.length ? drops.join(' ') : 'none'}`;
   }
@@ -461,6 +586,8 @@ export class Appliance {
     this.watcher = null;
     this.raw?.close();
     this.raw = null;
+    await this.lb?.stop();
+    await this.guard?.stop();
     await this.admin?.close();
     this.admin = null;
     return final;
@@ -474,6 +601,7 @@ const C_NO_ROUTE = Counter.route_no_route, C_NO_NEIGHBOUR = Counter.route_no_nei
 const C_CSUM_SEEDED = Counter.route_csum_seeded, C_GSO = Counter.route_gso, C_HAIRPIN = Counter.route_hairpin, C_TX_DROPPED = Counter.route_tx_dropped;
 /** Verdicts used only inside transmit() to split a batch between the two sockets. */
 const PARKED = 0xfe, PARKED_DONE = 0xfd;
+const H_NONE = Handled.NONE, H_L2 = Handled.L2, H_LOCAL = Handled.LOCAL;
 const LINK_EN10MB = 1, LINK_RAW = 101;
 void NAT_COUNTER_DEFS;
 

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { Address4 } from 'ip-address';
+import { GuardConfigSchema } from '../guard/config.js';
 
 export class ConfigError extends Error {
   readonly problems: string[];
@@ -22,6 +23,168 @@ const prefix4 = z.string().refine((s) => Address4.isValid(s) && s.includes('/'),
 const seconds = (min: number, max = 86400 * 7) => z.number().min(min, { message: `must be at least ${min} s` }).max(max);
 const pow2 = (min: number, max: number) => z.number().int().min(min).max(max).refine((n) => (n & (n - 1)) === 0, { message: 'must be a power of two' });
 const ifname = z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, { message: 'expected an interface name of 1 to 15 letters, digits, _ . -' });
+
+const port = z.number().int().min(1).max(65535);
+const mac = z.string().regex(/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/, { message: 'expected a MAC address such as 02:00:00:00:00:01' });
+const pemOrFile = z.string().min(1, { message: 'expected a PEM text or the path of a PEM file' });
+
+/** Health check of a service's targets (HAProxy's check / inter / rise / fall / slowstart). */
+const HealthSchema = z.object({
+  type: z.enum(['tcp', 'http', 'tls', 'none']).default('tcp'),
+  /** Seconds between the end of one check and the start of the next (jittered). */
+  interval: seconds(0.05, 3600).default(2),
+  timeout: seconds(0.05, 600).default(1),
+  rise: z.number().int().min(1).max(100).default(2),
+  fall: z.number().int().min(1).max(100).default(3),
+  /** http: path and the status range that counts as healthy. */
+  path: z.string().startsWith('/').default('/'),
+  expectStatus: z.union([z.number().int().min(100).max(599), z.tuple([z.number().int().min(100).max(599), z.number().int().min(100).max(599)])]).default([200, 399]),
+  /** tls: the SNI to send and whether to verify the certificate (a CA file or PEM). */
+  servername: z.string().optional(),
+  ca: pemOrFile.optional(),
+  verify: z.boolean().default(true),
+  /** Seconds over which a target that came back ramps its weight up (0: at once). */
+  slowStart: seconds(0, 3600).default(0),
+}).strict();
+const HEALTH_DEFAULT = { type: 'tcp' as const, interval: 2, timeout: 1, rise: 2, fall: 3, path: '/', expectStatus: [200, 399] as [number, number], verify: true, slowStart: 0 };
+
+const TargetSchema = z.object({
+  address: ipv4,
+  port,
+  /** Relative share of new flows (Maglev); 0 drains the target: no new flows, established ones finish. */
+  weight: z.number().int().min(0).max(65535).default(1),
+  /** dsr-l2 / dsr-ipip / dsr-gue: the target's MAC (af-packet mode); read from the kernel's neighbour table when left out. */
+  mac: mac.optional(),
+  /** Administrative drain (like weight 0, but the health state and the configured weight stay visible). */
+  drain: z.boolean().default(false),
+  /** TLS services: concurrent connections to this target (0: unlimited), queued connections, longest wait. */
+  maxconn: z.number().int().min(0).max(1_000_000).default(0),
+  maxqueue: z.number().int().min(0).max(1_000_000).default(1024),
+  queueTimeout: seconds(0, 3600).default(5),
+}).strict();
+
+/** A secure service: TLS terminated here (src/lb/tls/terminator.ts). */
+const TlsServiceSchema = z.object({
+  certificates: z.array(z.object({
+    /** Server names this certificate answers for (exact, or *.example.com); empty: the default certificate. */
+    names: z.array(z.string().min(1)).default([]),
+    cert: pemOrFile,
+    key: pemOrFile,
+  }).strict()).min(1, { message: 'give at least one certificate' }),
+  alpn: z.array(z.string().min(1)).default(['http/1.1']),
+  /** proxy-v2: to the target in clear after a PROXY v2 header with the SSL TLV; tls-to-target: re-encrypted. */
+  mode: z.enum(['proxy-v2', 'tls-to-target']).default('proxy-v2'),
+  /** tls-to-target: also send the PROXY v2 header (before the target's handshake). */
+  proxyProtocol: z.boolean().optional(),
+  /** tls-to-target: verify the targets against this CA (file or PEM); without it the system roots. */
+  targetCa: pemOrFile.optional(),
+  targetVerify: z.boolean().default(true),
+  requestClientCert: z.boolean().default(false),
+  clientCa: pemOrFile.optional(),
+  /** Actions on the limit events: queue, redispatch, backup, reject. */
+  onFull: z.enum(['queue', 'redispatch', 'backup', 'reject']).default('queue'),
+  onQueueFull: z.enum(['redispatch', 'backup', 'reject']).default('reject'),
+  onQueueTimeout: z.enum(['redispatch', 'backup', 'reject']).default('reject'),
+  backupTargets: z.array(TargetSchema).default([]),
+  handshakeTimeout: seconds(0.1, 600).default(10),
+  connectTimeout: seconds(0.1, 600).default(5),
+  idleTimeout: seconds(1, 86400).default(300),
+  /**
+   * Which flows on vip:port are secure. Absent: all of them are TLS.
+   * sniff: the first bytes decide (a TLS ClientHello, reassembled across
+   * segments, is terminated; anything else goes in clear to the target with
+   * a PROXY v2 header without the SSL TLV, so the target can tell). ports:
+   * extra ports on the VIP whose flows are always TLS (vip:port itself is
+   * then clear unless sniff is on).
+   */
+  classify: z.object({
+    sniff: z.boolean().default(false),
+    ports: z.array(port).default([]),
+    sniffTimeout: seconds(0.05, 60).default(3),
+  }).strict().optional(),
+  /** Named target pools chosen by the ClientHello's SNI (sniPools); the service's own targets are the pool 'default'. Pools are not health-checked. */
+  pools: z.record(z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/), z.array(TargetSchema).min(1)).default({}),
+  /** SNI (exact, or *.example.com for one label) to pool name. */
+  sniPools: z.record(z.string().min(1), z.string()).default({}),
+  /**
+   * tls-to-target: upstream TLS connections per target shared among client
+   * connections (one client at a time, reused after it finishes, sessions
+   * resumed), requests waiting FIFO or by priority (per SNI or pool name).
+   */
+  upstreamPool: z.object({
+    size: z.number().int().min(1).max(10_000),
+    waitTimeout: seconds(0, 600).default(5),
+    order: z.enum(['fifo', 'priority']).default('fifo'),
+    priorities: z.record(z.string(), z.number().int().min(-1000).max(1000)).default({}),
+    idleTimeout: seconds(0.1, 86400).default(60),
+    /** Seconds of target silence after a client finished before its connection may serve another client. */
+    quiet: seconds(0.001, 60).default(0.1),
+  }).strict().optional(),
+  /** Session ticket keys (96 hex digits), the same on every appliance so each resumes the others' sessions. */
+  ticketKeys: z.string().regex(/^[0-9a-fA-F]{96}$/, { message: 'expected 96 hex digits (48 bytes)' }).optional(),
+}).strict().superRefine((t, ctx) => {
+  for (const [sni, pool] of Object.entries(t.sniPools)) {
+    if (pool !== 'default' && !(pool in t.pools)) ctx.addIssue({ code: 'custom', path: ['sniPools', sni], message: `no pool '${pool}' (have: default${Object.keys(t.pools).map((p) => `, ${p}`).join('')})` });
+  }
+  if (t.upstreamPool && t.mode !== 'tls-to-target') ctx.addIssue({ code: 'custom', path: ['upstreamPool'], message: 'only with mode tls-to-target (in proxy-v2 mode each client has its own clear connection)' });
+});
+
+const ServiceSchema = z.object({
+  name: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, { message: 'expected a name of 1 to 64 letters, digits, _ . -' }),
+  vip: ipv4,
+  port,
+  proto: z.enum(['tcp', 'udp']).default('tcp'),
+  /**
+   * nat: destination rewritten to the target, replies come back through the
+   * appliance (targets route the clients' networks via it).
+   * dsr-l2: destination MAC rewritten (af-packet mode); targets hold the VIP on
+   * a local interface (arp_ignore=1, arp_announce=2) and answer directly.
+   * dsr-ipip: IPv4-in-IPv4 (RFC 2003) to the target, which decapsulates.
+   * dsr-gue: the packet in UDP + GUE (draft-ietf-intarea-gue) to the target's
+   * decapsulator (`portcullis decap`, or Linux fou in gue mode); see `gue`.
+   * Ignored for TLS services (terminated here).
+   */
+  mode: z.enum(['nat', 'dsr-l2', 'dsr-ipip', 'dsr-gue']).default('nat'),
+  /**
+   * dsr-gue: UDP destination port (default 6080, Katran's), variant 0 (a
+   * 4-byte GUE header) or 1 (direct IP, Katran's format), UDP checksum
+   * (default off: 0 is legal over IPv4, RFC 768; see src/lb/distributor.ts).
+   */
+  gue: z.object({
+    port: port.default(6080),
+    variant: z.union([z.literal(0), z.literal(1)]).default(0),
+    checksum: z.boolean().default(false),
+  }).strict().optional(),
+  targets: z.array(TargetSchema).min(1, { message: 'give at least one target' }),
+  health: HealthSchema.default(HEALTH_DEFAULT),
+  /** Present: a secure service, TLS terminated by the appliance on vip:port. */
+  tls: TlsServiceSchema.optional(),
+}).strict();
+
+const LbSchema = z.object({
+  /** Outer source address of dsr-ipip and dsr-gue packets (default: the outside interface's first address). */
+  localAddress: ipv4.optional(),
+  /** Flow hash seed: the same on every appliance in front of the same targets. */
+  seed: z.number().int().min(0).max(0xffffffff).optional(),
+  services: z.array(ServiceSchema).min(1, { message: 'give at least one service' }),
+}).strict().superRefine((lb, ctx) => {
+  const seen = new Map<string, number>();
+  lb.services.forEach((s, i) => {
+    const k = `${s.proto}/${s.vip}:${s.port}`;
+    const j = seen.get(k);
+    if (j !== undefined) ctx.addIssue({ code: 'custom', path: ['services', i], message: `${k} is already services[${j}]` });
+    seen.set(k, i);
+    if (s.tls && s.proto !== 'tcp') ctx.addIssue({ code: 'custom', path: ['services', i, 'proto'], message: 'a TLS service is TCP' });
+    if (s.gue && s.mode !== 'dsr-gue') ctx.addIssue({ code: 'custom', path: ['services', i, 'gue'], message: `only for mode dsr-gue (mode is ${s.mode})` });
+    if (!s.tls && s.mode !== 'nat') {
+      s.targets.forEach((t, ti) => {
+        if (t.port !== s.port) ctx.addIssue({ code: 'custom', path: ['services', i, 'targets', ti, 'port'], message: `must equal the service port ${s.port} in mode ${s.mode} (direct server return does not rewrite ports)` });
+      });
+    }
+  });
+});
+export type LbConfig = z.infer<typeof LbSchema>;
+export type LbServiceConfig = z.infer<typeof ServiceSchema>;
 
 export const ConfigSchema = z.object({
   /** How packets reach the appliance. */
@@ -105,6 +268,9 @@ export const ConfigSchema = z.object({
     decrementTtl: z.boolean().optional(),
     capacity: pow2(1024, 1 << 22).default(65536),
   }).strict(),
+  lb: LbSchema.optional(),
+  /** The connection guard (src/guard/config.ts). Absent: off (why: see the head of that file); `guard: {}` turns it on with its defaults. */
+  guard: GuardConfigSchema.optional(),
   flow: z.object({
     capacity: pow2(1024, 1 << 22).default(1 << 16),
   }).strict().default({ capacity: 1 << 16 }),
@@ -119,7 +285,18 @@ export const ConfigSchema = z.object({
   log: z.object({
     level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
   }).strict().default({ level: 'info' }),
-}).strict();
+}).strict().superRefine((c, ctx) => {
+  c.lb?.services.forEach((s, i) => {
+    if (!s.tls && s.mode === 'dsr-l2' && c.io.mode !== 'af-packet') {
+      ctx.addIssue({ code: 'custom', path: ['lb', 'services', i, 'mode'], message: 'dsr-l2 rewrites MAC addresses: it needs io.mode af-packet' });
+    }
+    // The encapsulated copies are new frames with no virtio_net_hdr in front, and an inner packet
+    // whose checksum is still partial (vnet keeps it so) would reach the target broken.
+    if (!s.tls && (s.mode === 'dsr-ipip' || s.mode === 'dsr-gue') && c.io.mode === 'af-packet' && c.io.vnetHdr) {
+      ctx.addIssue({ code: 'custom', path: ['io', 'vnetHdr'], message: `${s.mode} (lb.services[${i}]) in af-packet mode needs io.vnetHdr: false (encapsulated copies carry no virtio header and need complete inner checksums)` });
+    }
+  });
+});
 
 export type Config = z.infer<typeof ConfigSchema>;
 
