@@ -10,6 +10,10 @@ export async function runCheckConfig(file: string): Promise<number> {
     const cfg = loadConfig(file);
     const io = cfg.io.mode === 'af-packet' ? `af-packet ${cfg.io.inside} -> ${cfg.io.outside}${cfg.io.vnetHdr ? ' vnet' : ''}` : `tun ${cfg.io.tun}`;
     process.stdout.write(`${file}: ok (${io}, inside ${cfg.nat.inside.join(' ')}, pool ${Array.isArray(cfg.nat.pool) ? cfg.nat.pool.join(' ') : cfg.nat.pool}, filtering ${cfg.nat.filtering})\n`);
+    for (const s of cfg.lb?.services ?? []) {
+      process.stdout.write(`  lb ${s.name}: ${s.proto}/${s.vip}:${s.port} ${s.tls ? `tls ${s.tls.mode}` : s.mode}, ${s.targets.length} target${s.targets.length === 1 ? '' : 's'}, health ${s.health.type}\n`);
+    }
+    if (cfg.guard?.enabled) process.stdout.write(`  guard: bus ${cfg.guard.bus}, interval ${cfg.guard.interval} s, monitor ${cfg.guard.monitor ? 'here' : 'elsewhere'}\n`);
     return 0;
   } catch (err) {
     if (err instanceof ConfigError) {
