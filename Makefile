@@ -42,3 +42,10 @@ bench: build
 
 clean:
 	rm -rf dist .tap native/build bench/results/*.json bench/c/*.bin bench/.cache
+
+# The container image localhost/portcullis:latest from docker/Dockerfile (see
+# docker/build.sh: ENGINE=docker to build with docker, BASE=... another base).
+# Phony: docker/ is also a directory.
+.PHONY: docker
+docker: setup
+	@docker/build.sh

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(libpcap-dev build-essential tshark tcpdump iperf3 hping3 netsniff-ng iproute2 iptables nftables conntrack ethtool curl openssl nginx-light haproxy coturn iputils-ping traceroute redis-server)
+APT_PKGS=(libpcap-dev build-essential tshark tcpdump iperf3 hping3 netsniff-ng iproute2 iptables nftables conntrack ethtool curl openssl nginx-light haproxy coturn iputils-ping traceroute redis-server chromium)
 STAMP=node_modules/.portcullis-setup
 
 need_apt=()
@@ -29,3 +29,7 @@ if [ ! -f "$STAMP" ] || [ package-lock.json -nt "$STAMP" ] || [ package.json -nt
   if [ -f package-lock.json ]; then npm ci --strict-allow-scripts --no-fund --no-audit; else npm install --no-fund --no-audit; fi
   touch "$STAMP"
 fi
+
+# Container engine (podman) and the local base image for `make docker` and
+# test/e2e/container.test.ts; see that script. PORTCULLIS_NO_CONTAINER=1 skips it.
+scripts/container-setup.sh
