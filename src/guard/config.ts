@@ -62,8 +62,8 @@ export const GuardConfigSchema = z.object({
   enabled: z.boolean().default(true),
   /** Name of this node in delta batches and alerts (default: the host name). */
   node: z.string().min(1).max(64).regex(/^[A-Za-z0-9_.:-]+$/, { message: 'expected letters, digits and _ . : -' }).default(() => os.hostname()),
-  /** 'embedded' (monitor in this process) or a Redis URL (redis://host:port) shared by several nodes. */
-  bus: z.string().refine((s) => s === 'embedded' || /^rediss?:\/\/[^\s]+$/.test(s), { message: "expected 'embedded' or a redis://host:port URL" }).default('embedded'),
+  /** 'embedded' (monitor in this process) or a Redis URL (redis://host:port, or unix:///path/to/redis.sock) shared by several nodes. */
+  bus: z.string().refine((s) => s === 'embedded' || /^(rediss?:\/\/|unix:\/\/\/)[^\s]+$/.test(s), { message: "expected 'embedded' or a redis://host:port URL (or unix:///path/to/redis.sock)" }).default('embedded'),
   /** Run the monitor in this process (with a Redis bus, exactly one node should). */
   monitor: z.boolean().default(true),
   /** Seconds between sensor flushes and monitor decisions; a block reaches the data path within one interval. */

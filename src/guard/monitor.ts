@@ -164,9 +164,13 @@ export class AddressState {
       decay = clock[2];
     }
     // rate: token bucket, refilled for dt, capped after the chunk is taken.
+    // An unscored chunk (a blocked address, whose bucket is reset at unblock;
+    // a node's backlog after a bus outage) takes nothing: it does not tell
+    // the rate now.
     const avail = f[o + F_TOKENS] + t[to + T_RATE] * dt;
-    const overRate = attempts > avail ? attempts - avail : 0;
-    const rem = avail - attempts;
+    const take = scored ? attempts : 0;
+    const overRate = take > avail ? take - avail : 0;
+    const rem = avail - take;
     const burst = t[to + T_BURST];
     f[o + F_TOKENS] = rem < 0 ? 0 : rem > burst ? burst : rem;
     // total: sliding window estimate before and after this chunk.
@@ -291,6 +295,8 @@ export class Monitor {
   private readonly thresholds = new PrefixList<number>();
   private readonly lastAt = new Map<string, number>();
   private readonly lastSeq = new Map<string, number>();
+  /** Per node, when its last batch arrived (monitor clock): with lastAt, tells a held-back backlog from timely batches. */
+  private readonly lastArrival = new Map<string, number>();
   private readonly allowAlerted = new Map<string, number>();
   private readonly now: () => number;
   /** Where block events go (set by the owner once the bus exists; null: decisions stay local, as in the replay). */
@@ -299,6 +305,7 @@ export class Monitor {
   readonly c = {
     monitor_batches: 0, monitor_deltas: 0, monitor_seq_gaps: 0, monitor_blocks: 0, monitor_unblocks: 0,
     monitor_table_full: 0, monitor_evicted: 0, monitor_publish_errors: 0, monitor_bad_deltas: 0,
+    monitor_catchup: 0,
   };
 
   constructor(readonly cfg: GuardConfig, opts: MonitorOptions) {
@@ -357,7 +364,21 @@ export class Monitor {
     this.lastSeq.set(b.node, b.seq);
     // The batch holds what the node counted since its previous flush, one interval ago
     // (a node that had nothing to say in between sent nothing).
-    const from = Math.max(this.lastAt.get(b.node) ?? -Infinity, b.at - this.cfg.interval * 1000);
+    // A node's backlog (held back while the bus was down, or while this
+    // monitor was away) arrives in a burst: its first batch comes long after
+    // the node's previous one although it was flushed one interval after it,
+    // the others come at once although flushed an interval apart. Both gaps
+    // are measured on one clock each, so skew between hosts cancels out. The
+    // bucket and the score run on arrival time and would take every attempt
+    // of the outage as made at once, blocking ordinary clients: a batch whose
+    // arrival gap and flush gap differ by more than half an interval is
+    // counted (sums, concurrent, window) but neither scored nor taken from
+    // the bucket. The node's next timely batches are scored as usual.
+    const prevAt = this.lastAt.get(b.node), prevArrival = this.lastArrival.get(b.node);
+    const late = prevAt !== undefined && prevArrival !== undefined && Math.abs((nowMs - prevArrival) - (b.at - prevAt)) > this.cfg.interval * 500;
+    if (late) this.c.monitor_catchup++;
+    this.lastArrival.set(b.node, nowMs);
+    const from = Math.max(prevAt ?? -Infinity, b.at - this.cfg.interval * 1000);
     this.lastAt.set(b.node, b.at);
     const st = this.state;
     st.clock[0] = now;
@@ -367,9 +388,9 @@ export class Monitor {
       if (s < 0) continue;
       this.addNode(s, b.node);
       const blocked = (st.flags[s] & FLAG_BLOCKED) !== 0;
-      st.apply(s, num(d.attempts), num(d.suspicious), num(d.completed), num(d.closed), !blocked);
+      st.apply(s, num(d.attempts), num(d.suspicious), num(d.completed), num(d.closed), !blocked && !late);
       this.evalAt[s] = nowMs;
-      if (!blocked) this.decide(s, nowMs, { from, to: b.at }, d);
+      if (!blocked && !late) this.decide(s, nowMs, { from, to: b.at }, d);
     }
   }
 

@@ -87,7 +87,11 @@ export const REDIS_BUS_COUNTERS = [
 export type RedisBusCounter = (typeof REDIS_BUS_COUNTERS)[number][0];
 
 export interface RedisBusOptions {
-  /** redis://[user:pass@]host:port[/db] or rediss://… */
+  /**
+   * redis://[user:pass@]host:port[/db], rediss://…, or unix:///path/to/redis.sock[?db=N]
+   * (redis-py's form). A Unix socket is a file, not scoped to a network
+   * namespace: nodes in separate namespaces reach one Redis through it.
+   */
   url: string;
   /** This node's name: the consumer name in the monitor's group, the connection name. */
   node: string;
@@ -316,8 +320,8 @@ export class RedisBus implements GuardBus {
   private syncedOnce: (() => void) | null = null;
 
   constructor(opts: RedisBusOptions) {
-    if (typeof opts.url !== 'string' || !/^rediss?:\/\//.test(opts.url)) {
-      throw new Error(`guard.bus: expected a redis://host:port or rediss://host:port URL, got ${JSON.stringify(opts.url)}`);
+    if (typeof opts.url !== 'string' || !/^(rediss?:\/\/|unix:\/\/\/)/.test(opts.url)) {
+      throw new Error(`guard.bus: expected a redis://host:port or rediss://host:port URL (or unix:///path/to/redis.sock), got ${JSON.stringify(opts.url)}`);
     }
     if (typeof opts.node !== 'string' || opts.node.length === 0 || opts.node.length > MAX_NAME) {
       throw new Error('guard.node: expected a non-empty node name (at most 256 characters)');
@@ -341,7 +345,9 @@ export class RedisBus implements GuardBus {
   }
 
   private connection(purpose: string): Conn {
-    const conn = new Redis(this.o.url, {
+    // unix:///path[?db=N] -> '/path[?db=N]', which ioredis reads as a socket path (with its query options).
+    const target = this.o.url.startsWith('unix://') ? this.o.url.slice('unix://'.length) : this.o.url;
+    const conn = new Redis(target, {
       lazyConnect: true,
       // This bus buffers and counts itself; ioredis must fail fast instead of
       // queueing silently or replaying a stale blocking read after a reconnect.
