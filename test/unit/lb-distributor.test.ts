@@ -636,3 +636,19 @@ t.test('dsr-gue allocates nothing per packet (checksum on and off)', async (t) =
     t.ok(perPacket < 1, `checksum ${checksumOn ? 'on' : 'off'}: heap growth per packet ${perPacket.toFixed(4)} bytes`);
   }
 });
+
+t.test('two nat services sharing one target endpoint: replies of both are rewritten to their own VIP:port', async (t) => {
+  const T = { id: 1, address: '10.9.5.1', port: 8080, weight: 1 };
+  const r = new Rig([
+    { vip: '198.18.10.1', port: 80, proto: 6, mode: 'nat', targets: [T] },
+    { vip: '198.18.10.2', port: 8000, proto: 6, mode: 'nat', targets: [T] },
+  ]);
+  const C = ip('198.18.1.2');
+  const fwd = r.run([tcp4(C, ip('198.18.10.1'), 41000, 80, TCPF.SYN), tcp4(C, ip('198.18.10.2'), 41001, 8000, TCPF.SYN)]);
+  for (const o of fwd) t.equal(fmt(tupleOf(o.ip).dst), '10.9.5.1');
+  const back = r.run([tcp4(ip('10.9.5.1'), C, 8080, 41000, TCPF.SYN | TCPF.ACK), tcp4(ip('10.9.5.1'), C, 8080, 41001, TCPF.SYN | TCPF.ACK)]);
+  t.same([fmt(tupleOf(back[0].ip).src), tupleOf(back[0].ip).sp], ['198.18.10.1', 80], 'reply of the first service from its VIP:port');
+  t.same([fmt(tupleOf(back[1].ip).src), tupleOf(back[1].ip).sp], ['198.18.10.2', 8000], 'reply of the second service from its VIP:port');
+  t.equal(r.c('lb_reply_rewritten'), 2);
+  for (const o of back) t.same(checksumProblems(o.ip), []);
+});
