@@ -50,18 +50,21 @@ export async function runAppliance(opts: RunOptions): Promise<number> {
   }
   process.stdout.write('READY\n');
   // SIGHUP: read the file again; the distributor's tables are rebuilt and
-  // swapped whole (established flows stay on their targets). A bad file is
-  // reported and the running configuration stays.
+  // swapped whole (established flows stay on their targets), log.level and
+  // stats.interval change, other changed keys are logged as needing a
+  // restart (Appliance.reload). A bad file is reported and the running
+  // configuration stays. One reload at a time, in signal order.
+  let reloading: Promise<void> = Promise.resolve();
   const onHup = () => {
-    void (async () => {
+    reloading = reloading.then(async () => {
       try {
         const next = loadConfig(opts.config);
-        await app.reload(next);
-        log.info('configuration reloaded', { file: opts.config });
+        const r = await app.reload(next);
+        log.info('configuration reloaded', { file: opts.config, applied: r.applied, needsRestart: r.needsRestart });
       } catch (err) {
         log.error('configuration not reloaded; the running one stays', { file: opts.config, error: (err as Error).message });
       }
-    })();
+    });
   };
   process.on('SIGHUP', onHup);
   await new Promise<void>((resolve) => {
@@ -71,6 +74,7 @@ export async function runAppliance(opts: RunOptions): Promise<number> {
     if (opts.duration) setTimeout(done, opts.duration * 1000).unref();
   });
   process.off('SIGHUP', onHup);
+  await reloading;
   const final = await app.stop();
   log.info('appliance stopped', { counters: nonZero(final) });
   process.stdout.write('final counters:\n');

@@ -38,6 +38,7 @@ import { Guard } from '../guard/guard.js';
 import { LbControl } from './lb.js';
 import { Handled } from '../lb/distributor.js';
 import { fmtV4 } from './neighbours.js';
+import { changedKeys, isReloadable, type ReloadResult } from './reload.js';
 
 /** Batches handled per readable event before yielding to the event loop. */
 const MAX_BATCHES_PER_EVENT = 64;
@@ -96,13 +97,22 @@ export class Appliance {
   private raw: RawTx | null = null;
   private admin: AdminServer | null = null;
   private statsTimer: NodeJS.Timeout | null = null;
+  /** lb limits: queue timeouts and releases between batches (serviceLimits). */
+  private limitsTimer: NodeJS.Timeout | null = null;
   private startedAt = 0;
   private lastStats = { at: 0, rx: 0, tx: 0 };
+  /** The configuration in effect: the one started with, plus the sections reloads applied (RELOADABLE). */
+  private running: Config;
+  /** Between start() and stop(): a reload (re)starts the statistics timer only then. */
+  private active = false;
   txPackets = 0;
   released = 0;
+  /** GET /readyz: ready only while 'running' (the data path attached and started), not before nor while stopping. */
+  private phase: 'created' | 'starting' | 'running' | 'stopping' | 'stopped' = 'created';
 
   constructor(readonly cfg: Config, readonly log: Logger) {
     this.routed = cfg.io.mode === 'af-packet';
+    this.running = cfg;
     this.vnet = this.routed && cfg.io.vnetHdr;
     // GSO super-frames are up to 64 KiB (+ the 10-byte header): keep room for a few per batch.
     this.batch = new Batch(cfg.io.batch, this.vnet ? Math.max(cfg.io.batch * 2048, 8 << 20) : cfg.io.batch * 2048);
@@ -145,6 +155,7 @@ export class Appliance {
   }
 
   async start(): Promise<void> {
+    this.phase = 'starting';
     const io = this.cfg.io;
     if (this.routed) {
       const opts = { ringBlocks: io.ringBlocks, blockSize: io.ringBlockSize, blockTimeoutMs: 1, vnetHdr: io.vnetHdr };
@@ -163,12 +174,14 @@ export class Appliance {
       this.tun = new Tun(io.tun);
     }
     this.raw = new RawTx();
-    this.admin = new AdminServer(this, this.cfg.admin.socket, this.log);
+    const ad = this.cfg.admin;
+    this.admin = new AdminServer(this, { socket: ad.socket, listen: ad.listen, token: ad.token, tokenFile: ad.tokenFile }, this.log);
     await this.admin.listen();
     if (this.lb) await this.lb.start();
     if (this.guard) await this.guard.start();
     this.startedAt = Date.now();
     this.lastStats = { at: this.startedAt, rx: 0, tx: 0 };
+    this.active = true;
     if (this.afp) {
       const [a, b] = this.afp;
       a.start(() => this.onSideReadable(0));
@@ -176,9 +189,11 @@ export class Appliance {
     } else {
       this.tun!.start(() => this.onReadable());
     }
+    this.phase = 'running';
     if (this.cfg.stats.interval > 0) {
       this.statsTimer = setInterval(() => this.printStats(), this.cfg.stats.interval * 1000);
     }
+    if (this.lb) this.limitsTimer = setInterval(() => this.serviceLimits(), 200).unref();
     this.log.info('appliance started', this.routed
       ? { mode: 'af-packet', inside: io.inside, outside: io.outside, vnetHdr: io.vnetHdr, pool: this.cfg.nat.pool, insidePrefixes: this.cfg.nat.inside, admin: this.cfg.admin.socket }
       : { mode: 'tun', tun: this.tun!.name, pool: this.cfg.nat.pool, inside: this.cfg.nat.inside, admin: this.cfg.admin.socket });
@@ -251,7 +266,8 @@ export class Appliance {
   private distribute(lb: LbControl): void {
     const b = this.batch, v = b.verdict, n = b.count;
     this.encap.clear();
-    lb.dist.distributeBatch(b, this.meta, this.flows.flowOf, this.encap);
+    // Limits: released SYNs join this.encap; resets for refused connections join this.originated (raw IPv4, RawTx).
+    lb.dist.distributeBatch(b, this.meta, this.flows.flowOf, this.encap, this.originated);
     const h = lb.dist.handled;
     for (let i = 0; i < n; i++) if (h[i] !== H_NONE && v[i] === Verdict.FORWARD) v[i] = PARKED;
   }
@@ -259,6 +275,29 @@ export class Appliance {
   private unpark(): void {
     const v = this.batch.verdict, n = this.batch.count;
     for (let i = 0; i < n; i++) if (v[i] === PARKED) v[i] = Verdict.FORWARD;
+  }
+
+  /**
+   * lb limits while no packet comes (src/lb/distributor.ts "Limits"): held
+   * SYNs whose wait ended, or whose target got room, leave as they would
+   * with a batch (this.encap), resets through the raw socket. Between
+   * batches only (a timer callback never runs inside one).
+   */
+  private serviceLimits(): void {
+    const lb = this.lb;
+    if (lb === null || !lb.dist.limitsOn) return;
+    this.encap.clear();
+    const out = this.originated;
+    out.clear();
+    lb.dist.serviceLimits(Date.now() / 1000, this.encap, out);
+    if (out.count > 0) this.sendOriginated(out);
+    if (this.encap.count > 0) {
+      if (this.afp) this.sendEncapsulated();
+      else {
+        this.tun?.send(this.encap);
+        this.txPackets += this.encap.count;
+      }
+    }
   }
 
   /**
@@ -398,8 +437,14 @@ export class Appliance {
   private sendEncapsulated(): void {
     const x = this.encap, hops = this.hops!, arena = x.arena, mac = hops.ifMac, cv = this.counters.values;
     const t = hops.tables[1];
+    const kind = this.lb !== null ? this.lb.dist.outKind : null;
     for (let i = 0; i < x.count; i++) {
       const o = x.off[i];
+      if (kind !== null && kind[i] === H_L2) {
+        // A held dsr-l2 SYN released: its destination MAC is the target's already.
+        for (let k = 0; k < 6; k++) arena[o + 6 + k] = mac[6 + k];
+        continue;
+      }
       const l3 = o + 14;
       const d = ((arena[l3 + 16] << 24) | (arena[l3 + 17] << 16) | (arena[l3 + 18] << 8) | arena[l3 + 19]) | 0;
       const nh = hops.nextHop(1, d);
@@ -522,15 +567,33 @@ export class Appliance {
   }
 
   /**
-   * SIGHUP. What can change while running: the distributor's services
-   * (tables rebuilt and swapped whole, flows keep their targets). Anything
-   * else that differs is reported: it needs a restart.
+   * SIGHUP, with the file read and validated again. What changes while
+   * running (RELOADABLE): the lb section (the distributor's tables are built
+   * beside the old ones and swapped whole; established flows keep their
+   * targets, removed targets included: src/control/lb.ts), log.level and
+   * stats.interval. Every other key that differs is logged as needing a
+   * restart and keeps its running value: the NAT's mappings, the flow
+   * table, the guard's tables and the I/O rings are sized and bound at
+   * start, and rebuilding them would drop every established flow and NAT
+   * mapping. Throws, with nothing applied, when the lb section is added or
+   * removed or its new tables cannot be built.
    */
-  async reload(next: Config): Promise<void> {
-    const strip = (c: Config) => JSON.stringify({ ...c, lb: undefined, log: undefined, stats: undefined });
-    if (strip(next) !== strip(this.cfg)) this.log.warn('reload: only the lb section (and log/stats) change while running; restart for the rest');
-    if (this.lb && next.lb) await this.lb.reload(next.lb);
-    else if (!this.lb !== !next.lb) throw new Error('reload: adding or removing the whole lb section needs a restart');
+  async reload(next: Config): Promise<ReloadResult> {
+    const cur = this.running;
+    const changed = changedKeys(cur, next);
+    const applied = changed.filter(isReloadable);
+    const needsRestart = changed.filter((k) => !isReloadable(k));
+    if (!cur.lb !== !next.lb) throw new Error(`reload: ${next.lb ? 'adding' : 'removing'} the whole lb section needs a restart; nothing was changed`);
+    // Unchanged services are not rebuilt: that would restart their health checks from 'up'.
+    if (this.lb && next.lb && applied.some((k) => k.startsWith('lb.'))) await this.lb.reload(next.lb);
+    if (next.log.level !== cur.log.level) this.log.setLevel(next.log.level);
+    if (next.stats.interval !== cur.stats.interval) {
+      if (this.statsTimer) clearInterval(this.statsTimer);
+      this.statsTimer = this.active && next.stats.interval > 0 ? setInterval(() => this.printStats(), next.stats.interval * 1000) : null;
+    }
+    this.running = { ...cur, lb: next.lb, log: next.log, stats: next.stats };
+    if (needsRestart.length > 0) this.log.warn('reload: these keys changed but need a restart; their running values stay', { keys: needsRestart });
+    return { applied, needsRestart };
   }
 
   counterValues(): Record<string, number> {
@@ -573,9 +636,18 @@ export class Appliance {
     process.stdout.write(`${new Date().toISOString().slice(11, 19)}  ${this.statsLine()}\n`);
   }
 
+  /** GET /readyz (src/control/admin.ts). */
+  readiness(): { ready: boolean; state: string } {
+    return { ready: this.phase === 'running', state: this.phase };
+  }
+
   async stop(): Promise<Record<string, number>> {
+    this.phase = 'stopping';
     if (this.statsTimer) clearInterval(this.statsTimer);
     this.statsTimer = null;
+    if (this.limitsTimer) clearInterval(this.limitsTimer);
+    this.limitsTimer = null;
+    this.active = false;
     const final = this.counterValues();
     this.tun?.stop();
     this.tun?.close();
@@ -590,6 +662,7 @@ export class Appliance {
     await this.guard?.stop();
     await this.admin?.close();
     this.admin = null;
+    this.phase = 'stopped';
     return final;
   }
 }

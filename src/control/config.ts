@@ -8,6 +8,7 @@ import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { Address4 } from 'ip-address';
 import { GuardConfigSchema } from '../guard/config.js';
+import { parseListen } from './listen.js';
 
 export class ConfigError extends Error {
   readonly problems: string[];
@@ -57,7 +58,7 @@ const TargetSchema = z.object({
   mac: mac.optional(),
   /** Administrative drain (like weight 0, but the health state and the configured weight stay visible). */
   drain: z.boolean().default(false),
-  /** TLS services: concurrent connections to this target (0: unlimited), queued connections, longest wait. */
+  /** TLS and packet-path TCP services: concurrent connections to this target (0: unlimited), queued connections, longest wait. */
   maxconn: z.number().int().min(0).max(1_000_000).default(0),
   maxqueue: z.number().int().min(0).max(1_000_000).default(1024),
   queueTimeout: seconds(0, 3600).default(5),
@@ -159,6 +160,19 @@ const ServiceSchema = z.object({
   health: HealthSchema.default(HEALTH_DEFAULT),
   /** Present: a secure service, TLS terminated by the appliance on vip:port. */
   tls: TlsServiceSchema.optional(),
+  /**
+   * Packet-path TCP services (not tls, which has its own): what to do when a
+   * target is at its maxconn (queue the SYN, redispatch, a backup target,
+   * reset), when its queue is full, and when a SYN waited queueTimeout
+   * (src/lb/distributor.ts "Limits"). Used when a target has a maxconn.
+   */
+  limits: z.object({
+    onFull: z.enum(['queue', 'redispatch', 'backup', 'reject']).default('queue'),
+    onQueueFull: z.enum(['redispatch', 'backup', 'reject']).default('reject'),
+    onQueueTimeout: z.enum(['redispatch', 'backup', 'reject']).default('reject'),
+  }).strict().optional(),
+  /** Packet-path TCP services: targets outside the Maglev table for the 'backup' action (the first with room). */
+  backupTargets: z.array(TargetSchema).optional(),
 }).strict();
 
 const LbSchema = z.object({
@@ -181,8 +195,38 @@ const LbSchema = z.object({
         if (t.port !== s.port) ctx.addIssue({ code: 'custom', path: ['services', i, 'targets', ti, 'port'], message: `must equal the service port ${s.port} in mode ${s.mode} (direct server return does not rewrite ports)` });
       });
     }
+    limitIssues(s, (path, message) => ctx.addIssue({ code: 'custom', path: ['services', i, ...path], message }));
   });
 });
+
+/** Packet-path limits of one service (src/lb/distributor.ts "Limits"); reports each problem with its key path below the service. */
+function limitIssues(s: z.infer<typeof ServiceSchema>, issue: (path: (string | number)[], message: string) => void): void {
+  const backups = s.backupTargets ?? [];
+  if (s.tls) {
+    if (s.limits) issue(['limits'], 'a TLS service takes its actions under tls (tls.onFull, tls.onQueueFull, tls.onQueueTimeout)');
+    if (s.backupTargets) issue(['backupTargets'], 'a TLS service takes its backups under tls (tls.backupTargets)');
+    return;
+  }
+  if (s.proto === 'udp') {
+    // No handshake to hold a datagram against and no close to end a count (only the idle timeout).
+    s.targets.forEach((t, ti) => { if (t.maxconn > 0) issue(['targets', ti, 'maxconn'], 'UDP services are not limited (no handshake to hold, no close to end a count): leave maxconn 0'); });
+    if (s.limits) issue(['limits'], 'UDP services are not limited');
+    if (s.backupTargets) issue(['backupTargets'], 'UDP services are not limited, so they have no backups');
+    return;
+  }
+  const lim = s.limits;
+  if (lim) {
+    for (const k of ['onFull', 'onQueueFull', 'onQueueTimeout'] as const) {
+      if (lim[k] === 'backup' && backups.length === 0) issue(['limits', k], "'backup' needs backupTargets");
+    }
+  }
+  const targets = new Map(s.targets.map((t, ti) => [`${t.address}:${t.port}`, ti]));
+  backups.forEach((t, bi) => {
+    const ti = targets.get(`${t.address}:${t.port}`);
+    if (ti !== undefined) issue(['backupTargets', bi], `${t.address}:${t.port} is already targets[${ti}]`);
+    if (s.mode !== 'nat' && t.port !== s.port) issue(['backupTargets', bi, 'port'], `must equal the service port ${s.port} in mode ${s.mode} (direct server return does not rewrite ports)`);
+  });
+}
 export type LbConfig = z.infer<typeof LbSchema>;
 export type LbServiceConfig = z.infer<typeof ServiceSchema>;
 
@@ -275,9 +319,22 @@ export const ConfigSchema = z.object({
     capacity: pow2(1024, 1 << 22).default(1 << 16),
   }).strict().default({ capacity: 1 << 16 }),
   admin: z.object({
-    /** Unix socket of the admin API (`portcullis nat list` talks to it). */
+    /** Unix socket of the admin API (`portcullis nat list` talks to it): no token, its mode (0600, root) guards it. */
     socket: z.string().min(1).default('/run/portcullis/admin.sock'),
-  }).strict().default({ socket: '/run/portcullis/admin.sock' }),
+    /**
+     * The admin API and dashboard over HTTP: host:port with an IPv4 or
+     * [IPv6] literal, or 'off'. Every request but the dashboard's page
+     * needs `Authorization: Bearer <token>` (src/control/admin.ts).
+     */
+    listen: z.string().default('127.0.0.1:9180').superRefine((s, ctx) => {
+      try { parseListen(s); } catch (e) { ctx.addIssue({ code: 'custom', message: (e as Error).message }); }
+    }),
+    /** The bearer token (at least 16 printable characters). Absent with tokenFile absent: a random one is written to admin.token next to the socket. */
+    token: z.string().regex(/^[\x21-\x7e]{16,1024}$/, { message: 'expected 16 to 1024 printable ASCII characters without spaces' }).optional(),
+    /** A file holding the token (first line; mode 0600 recommended). */
+    tokenFile: z.string().min(1).optional(),
+  }).strict().refine((a) => a.token === undefined || a.tokenFile === undefined, { message: 'give token or tokenFile, not both', path: ['tokenFile'] })
+    .default({ socket: '/run/portcullis/admin.sock', listen: '127.0.0.1:9180' }),
   stats: z.object({
     /** Print a statistics line every N seconds (0: never). */
     interval: z.number().min(0).max(3600).default(1),
@@ -294,6 +351,11 @@ export const ConfigSchema = z.object({
     // whose checksum is still partial (vnet keeps it so) would reach the target broken.
     if (!s.tls && (s.mode === 'dsr-ipip' || s.mode === 'dsr-gue') && c.io.mode === 'af-packet' && c.io.vnetHdr) {
       ctx.addIssue({ code: 'custom', path: ['io', 'vnetHdr'], message: `${s.mode} (lb.services[${i}]) in af-packet mode needs io.vnetHdr: false (encapsulated copies carry no virtio header and need complete inner checksums)` });
+    }
+    // Held SYNs leave later as new frames, without their virtio header: a partial checksum would stay partial.
+    const limited = !s.tls && s.proto === 'tcp' && [...s.targets, ...(s.backupTargets ?? [])].some((t) => t.maxconn > 0);
+    if (limited && (s.limits?.onFull ?? 'queue') === 'queue' && c.io.mode === 'af-packet' && c.io.vnetHdr) {
+      ctx.addIssue({ code: 'custom', path: ['lb', 'services', i, 'limits', 'onFull'], message: `queue${s.limits ? '' : ' (the default)'} in af-packet mode needs io.vnetHdr: false (a held SYN is sent later without its virtio header); or use redispatch, backup or reject` });
     }
   });
 });

@@ -137,9 +137,7 @@ export class LbControl {
         continue;
       }
       const w = rt.checker?.effectiveWeights();
-      const targets: DistTarget[] = [];
-      s.targets.forEach((t, i) => {
-        let weight = t.drain ? 0 : (w?.get(i) ?? t.weight);
+      const distTarget = (t: LbServiceConfig['targets'][number], i: number, weight: number): DistTarget => {
         let macAddr = t.mac;
         if (macAddr === undefined && s.mode !== 'nat' && this.env.resolveMac) macAddr = this.env.resolveMac(t.address);
         if (macAddr === undefined && s.mode === 'dsr-l2') {
@@ -148,9 +146,14 @@ export class LbControl {
           weight = 0;
           macAddr = '00:00:00:00:00:00';
         }
-        targets.push({ id: i, address: t.address, port: t.port, weight, mac: macAddr });
-      });
-      out.push({ vip: s.vip, port: s.port, proto, mode: s.mode, targets, gue: s.gue });
+        // Per-target limits (TCP; config.ts refuses a maxconn on UDP): src/lb/distributor.ts "Limits".
+        return { id: i, address: t.address, port: t.port, weight, mac: macAddr, maxconn: t.maxconn, maxqueue: t.maxqueue, queueTimeoutMs: t.queueTimeout * 1000 };
+      };
+      // The distributor's id is the endpoint's ordinal, not the list index: see endpointOrdinal.
+      const targets: DistTarget[] = s.targets.map((t, i, all) => distTarget(t, endpointOrdinal(all, i), t.drain ? 0 : (w?.get(i) ?? t.weight)));
+      // Backups are not health-checked (as the TLS terminator's): drain or weight 0 leaves one out.
+      const backupTargets = s.backupTargets?.map((t, i, all) => distTarget(t, endpointOrdinal(all, i), t.drain ? 0 : t.weight));
+      out.push({ vip: s.vip, port: s.port, proto, mode: s.mode, targets, gue: s.gue, limits: s.limits, backupTargets });
     }
     return { services: out, missingMac };
   }
@@ -229,9 +232,16 @@ export class LbControl {
 
   /** Admin API: services, targets with health, weights and the flows assigned. */
   status(): unknown {
+    const perSlot = this.flowsPerSlot();
     return this.services.map((rt) => {
       const s = rt.cfg;
       const st: (TargetStatus | null)[] = rt.checker ? rt.checker.statuses() : s.targets.map(() => null);
+      // Load: TLS services, connections open and queued per target (the terminator's limits, default
+      // pool: primaries first); packet-path services, the live flows the distributor sent to each.
+      const q = rt.terminator ? rt.terminator.poolQueues('default') : null;
+      const load = (t: LbServiceConfig['targets'][number], i: number) => q !== null
+        ? { active: q.activeCount(i), queued: q.queueLength(i), maxconn: q.maxconnOf(i) }
+        : { flows: this.flowsOf(perSlot, s, t), ...this.limitLoadOf(s, t) };
       return {
         name: s.name,
         vip: s.vip,
@@ -248,10 +258,58 @@ export class LbControl {
           effectiveWeight: st[i]?.effectiveWeight ?? (t.drain ? 0 : t.weight),
           lastError: st[i]?.lastError ?? null,
           checks: st[i]?.checks ?? 0,
+          ...load(t, i),
         })),
         tls: rt.terminator ? { ...rt.terminator.counters, queue: { ...rt.terminator.queueCounters } } : undefined,
+        /** TLS services: every pool of targets (default, the SNI pools), backups after the primaries, with their queues. */
+        pools: rt.terminator ? rt.terminator.poolNames().map((name) => {
+          const pq = rt.terminator!.poolQueues(name);
+          return { name, targets: Array.from({ length: pq.size }, (_, i) => ({ ...rt.terminator!.target(i, name), active: pq.activeCount(i), queued: pq.queueLength(i), maxconn: pq.maxconnOf(i) })) };
+        }) : undefined,
       };
     });
+  }
+
+  /**
+   * Live flows per distributor target slot: forward entries of live flows
+   * whose tuple still goes to that slot's VIP:port (a flow id reused by
+   * another flow keeps the old memory until it is overwritten). Control
+   * plane, one pass over the flow table per admin request.
+   */
+  private flowsPerSlot(): Int32Array {
+    const d = this.dist, f = d.flows;
+    const counts = new Int32Array(d.targetCount);
+    for (let id = 0; id < f.capacity; id++) {
+      const t = d.targetOfFlow(id);
+      if (t < 0 || t >= counts.length || !f.isLive(id)) continue;
+      const fi = f.info(id);
+      if (fi.server !== fmtU32(d.tVip[t]) || fi.serverPort !== d.tVport[t]) continue;
+      counts[t]++;
+    }
+    return counts;
+  }
+
+  /** The live flows of one configured target (its slot in the distributor), or 0. */
+  private flowsOf(perSlot: Int32Array, s: LbServiceConfig, t: LbServiceConfig['targets'][number]): number {
+    const d = this.dist, proto = s.proto === 'udp' ? 17 : 6;
+    const vip = u32Of(s.vip), addr = u32Of(t.address);
+    for (let k = 0; k < perSlot.length; k++) {
+      if ((d.tVip[k] | 0) === vip && d.tVport[k] === s.port && (d.tAddr[k] | 0) === addr && d.tPort[k] === t.port && d.tProto[k] === proto) return perSlot[k];
+    }
+    return 0;
+  }
+
+  /** Packet-path limits: connections counted, SYNs held and maxconn of the target's newest slot. */
+  private limitLoadOf(s: LbServiceConfig, t: LbServiceConfig['targets'][number]): { active: number; queued: number; maxconn: number } {
+    const d = this.dist, proto = s.proto === 'udp' ? 17 : 6;
+    const vip = u32Of(s.vip), addr = u32Of(t.address);
+    for (let k = d.targetCount - 1; k >= 0; k--) {
+      if ((d.tVip[k] | 0) === vip && d.tVport[k] === s.port && (d.tAddr[k] | 0) === addr && d.tPort[k] === t.port && d.tProto[k] === proto) {
+        const l = d.targetLoad(k);
+        return { active: l.conns, queued: l.queued, maxconn: l.maxconn };
+      }
+    }
+    return { active: 0, queued: 0, maxconn: t.maxconn };
   }
 
   counterValues(): Record<string, number> {
@@ -277,6 +335,29 @@ export class LbControl {
       if (rt.terminator) await rt.terminator.stop();
     }
   }
+}
+
+/**
+ * The distributor's id of list[i]: how many earlier entries name the same
+ * address:port (0 for the first). Target slots, the NAT reply index and the
+ * Maglev permutations are keyed by it, so a target keeps its slot (and the
+ * replies of new flows find it) when others are added, removed or reordered
+ * around it on a reload. With the list index as id, removing t1 from
+ * [t1, t2] moved t2 to a new slot while the reply index still named its old
+ * one, and every new connection to t2 lost its replies.
+ */
+function endpointOrdinal(list: readonly { address: string; port: number }[], i: number): number {
+  let n = 0;
+  for (let k = 0; k < i; k++) if (list[k].address === list[i].address && list[k].port === list[i].port) n++;
+  return n;
+}
+
+function fmtU32(a: number): string {
+  return `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
+}
+/** a.b.c.d as the signed 32-bit word the distributor stores. */
+function u32Of(s: string): number {
+  return s.split('.').reduce((x, o) => ((x << 8) | Number(o)) >>> 0, 0) | 0;
 }
 
 function tlsTarget(t: LbServiceConfig['targets'][number], weight: number): TlsTargetConfig {
