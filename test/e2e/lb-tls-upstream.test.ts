@@ -203,7 +203,9 @@ t.test('shared upstream TLS sessions on loopback', { skip: missing.length ? `mis
     const bodies = await Promise.all(waiting.map((w) => w.c.body));
     for (let i = 0; i < waiting.length; i++) if (bodies[i] !== `/${waiting[i].name}-${tag}\n`) throw new Error(`${waiting[i].name}: ${bodies[i]}`);
     const served = [...waiting].sort((a, b) => a.c.at() - b.c.at()).map((w) => w.name);
-    const lines = readLog(ng).filter((l) => l.uri.endsWith(tag));
+    // nginx writes its access log line after the answer left: the last one may lag the client by a moment.
+    let lines = readLog(ng).filter((l) => l.uri.endsWith(tag));
+    await waitFor(() => (lines = readLog(ng).filter((l) => l.uri.endsWith(tag))).length >= 4, 2000);
     return { order: served, conns: lines.map((l) => l.conn) };
   };
 
