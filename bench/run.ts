@@ -16,7 +16,7 @@ const SUITES = ['parse', 'flow', 'replay', 'nat', 'lb', 'guard', 'live'];
 const GROUPS: Record<string, string[]> = {
   lb: ['lb', 'distributor', 'lb-tls', 'lb-merge'],
   // guard.ts writes bench/results/guard.json; guard-redis.ts (block propagation over Redis) merges into it.
-  guard: ['guard', 'guard-redis'],
+  guard: ['guard-redis', 'guard'],
 };
 const want = process.argv.slice(2).filter(Boolean);
 const run = (want.length ? want : SUITES).flatMap((s) => GROUPS[s] ?? [s]);
