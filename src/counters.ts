@@ -16,6 +16,7 @@ export const COUNTER_DEFS = [
   ['flow_table_full', 'new flows refused: probe limit reached and nothing evictable'],
   ['flow_flood_guard', 'new flows refused by the flood guard (insert rate over budget while the table is nearly full)'],
   ['flow_reused', 'closed TCP flows restarted in place by a new SYN on the same 5-tuple'],
+  ['flow_alias_refused', 'reply aliases (NAT reply tuples) refused: the tuple is another live flow\'s key, or its probe window is full'],
   ['flow_not_tracked', 'IP packets not tracked (no ports and not a fragment of a known flow)'],
   ['frag_tracked', 'first fragments whose flow was remembered for their later fragments'],
   ['frag_matched', 'non-first fragments attributed to their flow'],

@@ -246,7 +246,7 @@ export class Appliance {
     out.clear();
     const lb = this.lb;
     if (lb !== null) this.distribute(lb);
-    napt.translateBatch(b, m, dir, nowSec, this.natCounters, out);
+    napt.translateBatch(b, m, dir, nowSec, this.natCounters, out, this.flows);
     if (lb !== null) this.unpark();
     let fwd = 0;
     for (let i = 0; i < n; i++) if (b.verdict[i] === Verdict.FORWARD) fwd++;
@@ -374,7 +374,7 @@ export class Appliance {
     out.clear();
     const lb = this.lb;
     if (lb !== null) this.distribute(lb);
-    this.napt.translateBatch(b, m, dir, nowSec, this.natCounters, out);
+    this.napt.translateBatch(b, m, dir, nowSec, this.natCounters, out, this.flows);
     if (lb !== null) this.unpark();
     const egress = this.napt.egress;
     const handled = lb !== null ? lb.dist.handled : null;

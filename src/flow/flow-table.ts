@@ -16,13 +16,14 @@
 //     word 2      port A << 16 | port B
 //     word 3      protocol | 0x100 for IPv6 (the family tag)
 //     word 4      hash of the key
-//     byte 20     state (FlowState), byte 21 flags (FlowFlag)
+//     byte 20     state (FlowState), byte 21 flags (FlowFlag), byte 22 reply alias tag
 //     f64 3       last seen (seconds, packet time)
 //     f64 4-5     packets from the client, from the server
 //     f64 6-7     bytes from the client, from the server
 //   Cold per-flow data lives in side arrays indexed by id: the first three
-//   words of each IPv6 address (`hi`, zero for IPv4; only compared after the
-//   hot words matched), the timer wheel links and the first-seen time.
+//   words of each IPv6 address (`hi`, only compared after the hot words
+//   matched; an IPv4 flow keeps its reply alias there, see below), the timer
+//   wheel links and the first-seen time.
 //   A is the lower endpoint (address, then port), so both directions of a
 //   conversation give the same key; FlowFlag.CLIENT_IS_B remembers which side
 //   sent the first packet (the client).
@@ -61,6 +62,16 @@
 //   deep); the rest are refused with `flow_flood_guard`. Below the watermark
 //   there is no limit, so the guard lets go as soon as expiry brings occupancy
 //   down.
+// - Reply alias (IPv4; like Linux conntrack's reply tuple): a NAT rewrites a
+//   flow's packets, so its replies come back on another 5-tuple. The NAT
+//   gives that tuple to setReplyAlias4() once per flow; it becomes a second
+//   index entry, stored as -(id + 1) so the probe tells it from a primary
+//   entry only after a hash match. The server end of the alias is the
+//   record's own, so only the translated end is stored, in the IPv6 high
+//   words that an IPv4 flow leaves unused (hi words 0 and 1: no extra bytes),
+//   with a tag byte in the record (byte 22) saying which endpoints are which.
+//   A packet on the alias is counted, timed and run through the TCP machine
+//   as a packet of the same flow. Removing the flow removes both entries.
 
 import type { Batch } from '../io/batch.js';
 import { MetaFlag, type Meta } from '../wire/meta.js';
@@ -72,6 +83,7 @@ import * as hash from './hash.js';
 // name is a getter on every use, which stops TurboFan inlining the hash on the hot path.
 const mix32 = hash.mix32, fmix32 = hash.fmix32, randomSeed = hash.randomSeed, readBE32 = hash.readBE32;
 // Counter indices and Meta flag bits, read once (same reason).
+const C_FLOW_ALIAS_REFUSED = Counter.flow_alias_refused;
 const C_FLOW_CREATED = Counter.flow_created;
 const C_FLOW_EVICTED = Counter.flow_evicted;
 const C_FLOW_EXPIRED = Counter.flow_expired;
@@ -196,6 +208,18 @@ const F_PKTS = 4; // + dir
 const F_BYTES = 6; // + dir
 /** Int32 words per flow in `hi`: words 0-2 of address A, then words 0-2 of address B. */
 const HI_WORDS = 6;
+const B_ATAG = 22;
+/**
+ * Reply alias tag bits: an alias is set; a packet's side on the alias is the
+ * opposite of its side in the record's key (its A stands for the record's B);
+ * the record's server is its endpoint A; the alias's A is the translated end.
+ */
+const A_SET = 1;
+const A_CROSS = 2;
+const A_SRV_A = 4;
+const A_XLAT_A = 8;
+/** Tag value of a flow whose alias was refused: the NAT does not ask again for it (nor count it again). */
+const A_REFUSED = 16;
 
 const TCP_FIN = 0x01;
 const TCP_SYN = 0x02;
@@ -263,10 +287,14 @@ export class FlowTable {
   readonly i32: Int32Array;
   readonly u8: Uint8Array;
   readonly f64: Float64Array;
-  /** Per flow: words 0-2 of IPv6 address A, then of B (zero for IPv4). */
+  /**
+   * Per flow: words 0-2 of IPv6 address A, then of B. For IPv4 flows (never
+   * compared: the family tag differs) words 0 and 1 hold the translated
+   * address and port of the reply alias, when the record's tag says there is one.
+   */
   readonly hi: Int32Array;
   readonly firstSeen: Float64Array;
-  /** Index: (hash, id + 1) pairs, id + 1 = 0 means empty. */
+  /** Index: (hash, id + 1) pairs, id + 1 = 0 means empty, -(id + 1) a reply alias of flow id. */
   readonly idx: Int32Array;
 
   private readonly imask: number;
@@ -442,6 +470,7 @@ export class FlowTable {
       let h = 0;
       let f = -1;
       let a = 0, b = 0, ports = 0;
+      let viaAlias = false, cross = 0;
       const pf = v6 ? proto | 0x100 : proto;
       if (!v6) {
         // Key words are int32 bit patterns (small integers in V8, never boxed);
@@ -480,10 +509,23 @@ export class FlowTable {
           const e = idx[2 * s + 1];
           if (e === 0) break;
           if (idx[2 * s] === h) {
-            const r = (e - 1) << 4;
-            if (i32[r + W_A] === a && i32[r + W_B] === b && i32[r + W_PORTS] === ports && i32[r + W_PF] === pf) {
-              f = e - 1;
-              break;
+            if (e > 0) {
+              const r = (e - 1) << 4;
+              if (i32[r + W_A] === a && i32[r + W_B] === b && i32[r + W_PORTS] === ports && i32[r + W_PF] === pf) {
+                f = e - 1;
+                break;
+              }
+            } else {
+              // A reply alias: from here on the packet is one of flow g's,
+              // its side told in the record's terms.
+              const g = -e - 1;
+              if (this.aliasIs(g, a, b, ports, pf)) {
+                f = g;
+                cross = (u8[(g << 6) + B_ATAG] & A_CROSS) >>> 1;
+                swap ^= cross;
+                viaAlias = true;
+                break;
+              }
             }
           }
           s = (s + 1) & mask;
@@ -504,10 +546,12 @@ export class FlowTable {
           cv[C_FLOW_EXPIRED]++;
           f = -1;
         } else if ((tf & (TCP_SYN | TCP_ACK | TCP_RST)) === TCP_SYN && (st === S_TCP_TIME_WAIT || st === S_TCP_CLOSED)) {
-          this.reopen(f, swap, now);
+          this.reopen(f, swap, now, viaAlias);
         }
       }
       if (f < 0) {
+        // An expired flow hit on its alias: the key is the alias's, so is the side.
+        swap ^= cross;
         if (!v6) {
           k[0] = 0; k[1] = 0; k[2] = 0; k[3] = a;
           k[4] = 0; k[5] = 0; k[6] = 0; k[7] = b;
@@ -538,7 +582,8 @@ export class FlowTable {
 
       if ((fl & M_FRAGMENT) !== 0 && frags) {
         frags.now = now;
-        this.firstFragment(arena, bOff[i] + mL3[i], meta, i, proto, v6, f, h, dir);
+        // (the record's hash, not the probed one: the packet may have come on the alias)
+        this.firstFragment(arena, bOff[i] + mL3[i], meta, i, proto, v6, f, i32[(f << 4) + W_HASH], dir);
       }
     }
     this.runWheel(this.expireBudget, false);
@@ -639,6 +684,96 @@ export class FlowTable {
     return this.findOrInsertKey(this.find6(h), h, swap, proto);
   }
 
+  /**
+   * Gives IPv4 flow `id` its reply alias (control path: the NAT calls it when
+   * it translates the flow's first outbound packet): the 5-tuple the flow's
+   * packets carry on the other side of the translation, `src`:`sport` being
+   * the translated client and `dst`:`dport` the server, which must be one of
+   * the flow's endpoints. Afterwards packets on that tuple (either way) are
+   * the same flow, like the reply tuple of a Linux conntrack entry. Returns
+   * false without a change when the id is not a live IPv4 flow of `proto`,
+   * the server is not one of its endpoints, or the tuple is the flow's own;
+   * refuses (`flow_alias_refused`) a tuple that is another live flow's key
+   * or alias, or whose probe window is full. Replaces an earlier alias.
+   */
+  setReplyAlias4(id: number, src: number, dst: number, sport: number, dport: number, proto: number): boolean {
+    if (!this.isLive(id)) return false;
+    const i32 = this.i32, r = id << 4;
+    if (i32[r + W_PF] !== proto) return false;
+    src |= 0;
+    dst |= 0;
+    // Which record endpoint is the server (the untranslated destination)?
+    // For ICMP queries the identifier is both "ports" and the NAT changes it
+    // (RFC 5508 REQ-1), so only the address tells.
+    const anyPort = proto === PROTO_ICMP;
+    if (anyPort) dport = sport;
+    const pa = i32[r + W_PORTS] >>> 16, pb = i32[r + W_PORTS] & 0xffff;
+    let serverIsA: boolean;
+    if (i32[r + W_B] === dst && (anyPort || pb === dport)) serverIsA = false;
+    else if (i32[r + W_A] === dst && (anyPort || pa === dport)) serverIsA = true;
+    else return false;
+    let a, b, ports, aSwap = 0;
+    if (src < dst || (src === dst && sport <= dport)) {
+      a = src; b = dst; ports = (sport << 16) | dport;
+    } else {
+      a = dst; b = src; ports = (dport << 16) | sport; aSwap = 1;
+    }
+    if (a === i32[r + W_A] && b === i32[r + W_B] && ports === i32[r + W_PORTS]) return false;
+    const h = this.hash4(a, b, ports, proto);
+    let other = this.find4(h, a, b, ports, proto);
+    if (other === id) {
+      // Already this flow's alias.
+      return true;
+    }
+    if (other >= 0 && this.deadline(other) <= this.clock) {
+      // A stale flow on the tuple (say, an earlier connection through the same mapping).
+      this.removeFlow(other, true);
+      this.cv[C_FLOW_EXPIRED]++;
+      other = -1;
+    }
+    if (other >= 0) {
+      this.refuseAlias(id);
+      return false;
+    }
+    if ((this.u8[(id << 6) + B_ATAG] & A_SET) !== 0) this.removeAlias(id);
+    const idx = this.idx, mask = this.imask;
+    let s = h & mask;
+    for (let p = 0; p < this.probe; p++, s = (s + 1) & mask) {
+      if (idx[2 * s + 1] !== 0) continue;
+      idx[2 * s] = h;
+      idx[2 * s + 1] = -(id + 1);
+      this.hi[id * HI_WORDS] = src;
+      this.hi[id * HI_WORDS + 1] = sport;
+      // The alias's source (aSwap: its B) stands for the record's client
+      // side, the endpoint that is not the server.
+      const srcIsRecB = serverIsA;
+      this.u8[(id << 6) + B_ATAG] = A_SET | ((aSwap === 1) !== srcIsRecB ? A_CROSS : 0) |
+        (serverIsA ? A_SRV_A : 0) | (aSwap === 0 ? A_XLAT_A : 0);
+      return true;
+    }
+    this.refuseAlias(id);
+    return false;
+  }
+
+  private refuseAlias(id: number): void {
+    this.cv[C_FLOW_ALIAS_REFUSED]++;
+    if ((this.u8[(id << 6) + B_ATAG] & A_SET) === 0) this.u8[(id << 6) + B_ATAG] = A_REFUSED;
+  }
+
+  /** Whether flow `id` has a reply alias. */
+  hasReplyAlias(id: number): boolean {
+    return (this.u8[(id << 6) + B_ATAG] & A_SET) !== 0;
+  }
+
+  /**
+   * Whether flow `id` is yet to be offered a reply alias: neither set nor
+   * refused (one read; the NAT asks it per translated packet, so a refused
+   * tuple is not retried, and counted, on every packet).
+   */
+  wantsReplyAlias(id: number): boolean {
+    return this.u8[(id << 6) + B_ATAG] === 0;
+  }
+
   /** Removes a live flow by id; returns false if the id is not live. */
   remove(id: number): boolean {
     if (!(id >= 0 && id < this.capacity) || this.u8[(id << 6) + B_STATE] === FlowState.FREE) return false;
@@ -680,6 +815,7 @@ export class FlowTable {
   /** Typed-array bytes held by the table (records, IPv6 words, wheel, first seen, index, fragment table). */
   memoryBytes(): number {
     return this.u32.byteLength + this.hi.byteLength + this.firstSeen.byteLength + this.idx.byteLength +
+
       this.wNext.byteLength + this.wPrev.byteLength + this.timeout.byteLength + this.flowOf.byteLength + this.k.byteLength +
       (this.frags ? this.frags.memoryBytes() : 0);
   }
@@ -754,8 +890,12 @@ export class FlowTable {
       const e = idx[2 * s + 1];
       if (e === 0) return -1;
       if (idx[2 * s] === h) {
-        const r = (e - 1) << 4;
-        if (i32[r + W_A] === a && i32[r + W_B] === b && i32[r + W_PORTS] === ports && i32[r + W_PF] === pf) return e - 1;
+        if (e > 0) {
+          const r = (e - 1) << 4;
+          if (i32[r + W_A] === a && i32[r + W_B] === b && i32[r + W_PORTS] === ports && i32[r + W_PF] === pf) return e - 1;
+        } else {
+          if (this.aliasIs(-e - 1, a, b, ports, pf)) return -e - 1;
+        }
       }
       s = (s + 1) & mask;
     }
@@ -768,7 +908,7 @@ export class FlowTable {
     for (let p = 0; p < this.probe; p++) {
       const e = idx[2 * s + 1];
       if (e === 0) return -1;
-      if (idx[2 * s] === h) {
+      if (idx[2 * s] === h && e > 0) { // (aliases are IPv4 only)
         const r = (e - 1) << 4, o = (e - 1) * HI_WORDS;
         if (i32[r + W_A] === k[3] && i32[r + W_B] === k[7] && i32[r + W_PORTS] === k[8] && i32[r + W_PF] === k[9] &&
           hi[o] === k[0] && hi[o + 1] === k[1] && hi[o + 2] === k[2] &&
@@ -884,7 +1024,7 @@ export class FlowTable {
     for (let p = 0; p < probe; p++) {
       const e = idx[2 * s + 1];
       if (e !== 0) {
-        const f = e - 1;
+        const f = e > 0 ? e - 1 : -e - 1;
         const last = f64[(f << 3) + F_LAST];
         const st = u8[(f << 6) + B_STATE];
         if (last + to[st] <= now) {
@@ -902,6 +1042,26 @@ export class FlowTable {
       return -1;
     }
     cv[vExpired ? C_FLOW_EXPIRED : C_FLOW_EVICTED]++;
+    if ((this.u8[(vf << 6) + B_ATAG] & A_SET) !== 0) {
+      // The victim holds two index entries (or was seen through its alias):
+      // delete both, then look again for a hole in the window, which the two
+      // backward shifts may have filled or opened anywhere.
+      this.removeFlow(vf, true);
+      s = h & mask;
+      for (let p = 0; p < probe; p++, s = (s + 1) & mask) {
+        if (idx[2 * s + 1] === 0) {
+          const f = this.freeHead;
+          this.freeHead = this.wNext[f];
+          idx[2 * s] = h;
+          idx[2 * s + 1] = f + 1;
+          this.size++;
+          this.initFlow(f, h, now, swap, state, flags);
+          return f;
+        }
+      }
+      cv[C_FLOW_TABLE_FULL]++;
+      return -1;
+    }
     if (vAt < emptyAt) {
       // The victim sits before any hole in the window: the newcomer takes its
       // index slot and its record in place (no hole opens between the new
@@ -934,6 +1094,7 @@ export class FlowTable {
     hi[o + 3] = k[4]; hi[o + 4] = k[5]; hi[o + 5] = k[6];
     this.u8[(f << 6) + B_STATE] = state;
     this.u8[(f << 6) + B_FLAGS] = (swap ? FlowFlag.CLIENT_IS_B : 0) | flags;
+    this.u8[(f << 6) + B_ATAG] = 0;
     const f64 = this.f64, fo = f << 3;
     f64[fo + F_LAST] = now;
     f64[fo + F_PKTS] = 0; f64[fo + F_PKTS + 1] = 0; f64[fo + F_BYTES] = 0; f64[fo + F_BYTES + 1] = 0;
@@ -943,7 +1104,14 @@ export class FlowTable {
   }
 
   /** A new SYN on a closed 5-tuple starts a new connection in the same record (RFC 9293 3.6.1 TIME-WAIT reuse). */
-  private reopen(f: number, swap: number, now: number): void {
+  private reopen(f: number, swap: number, now: number, viaAlias: boolean): void {
+    // A new connection on the original tuple may get another NAT mapping:
+    // drop the alias, the NAT sets it again when it translates this SYN.
+    // (On the alias itself the mapping is the one the packet came through.)
+    if (!viaAlias) {
+      if ((this.u8[(f << 6) + B_ATAG] & A_SET) !== 0) this.removeAlias(f);
+      else this.u8[(f << 6) + B_ATAG] = 0;
+    }
     this.u8[(f << 6) + B_STATE] = FlowState.TCP_SYN_SENT;
     this.u8[(f << 6) + B_FLAGS] = swap ? FlowFlag.CLIENT_IS_B : 0;
     this.firstSeen[f] = now;
@@ -985,10 +1153,59 @@ export class FlowTable {
 
   /** Deletes flow f: backward-shifts its index slot, optionally unlinks it from the wheel, frees the record. */
   private removeFlow(f: number, unlinkWheel: boolean): void {
+    if ((this.u8[(f << 6) + B_ATAG] & A_SET) !== 0) this.removeAlias(f);
+    this.removeEntry(this.i32[(f << 4) + W_HASH], f + 1);
+    if (unlinkWheel) this.unlink(f);
+    this.u8[(f << 6) + B_STATE] = FlowState.FREE;
+    this.wNext[f] = this.freeHead;
+    this.freeHead = f;
+    this.size--;
+  }
+
+  private removeAlias(f: number): void {
+    // (the alias's hash is recomputed: removal is rare, 4 bytes per flow are not)
+    const k = this.k;
+    this.aliasKey(f);
+    this.removeEntry(this.hash4(k[3], k[7], k[8], k[9]), -(f + 1));
+    this.u8[(f << 6) + B_ATAG] = 0;
+    this.hi[f * HI_WORDS] = 0;
+    this.hi[f * HI_WORDS + 1] = 0;
+  }
+
+  /** Fills k[3], k[7], k[8], k[9] with the canonical key of flow g's reply alias. */
+  private aliasKey(g: number): void {
+    const i32 = this.i32, r = g << 4, tag = this.u8[(g << 6) + B_ATAG], k = this.k;
+    const pf = i32[r + W_PF], xa = this.hi[g * HI_WORDS], xp = this.hi[g * HI_WORDS + 1];
+    const sa = (tag & A_SRV_A) !== 0;
+    const srv = sa ? i32[r + W_A] : i32[r + W_B];
+    // ICMP queries: the translated identifier is both "ports" of the alias.
+    const sp = pf === PROTO_ICMP ? xp : sa ? i32[r + W_PORTS] >>> 16 : i32[r + W_PORTS] & 0xffff;
+    if ((tag & A_XLAT_A) !== 0) {
+      k[3] = xa; k[7] = srv; k[8] = (xp << 16) | sp;
+    } else {
+      k[3] = srv; k[7] = xa; k[8] = (sp << 16) | xp;
+    }
+    k[9] = pf;
+  }
+
+  /** Whether the canonical IPv4 key (a, b, ports, pf) is flow g's reply alias (rebuilt from the record and its hi words). */
+  private aliasIs(g: number, a: number, b: number, ports: number, pf: number): boolean {
+    const i32 = this.i32, r = g << 4, tag = this.u8[(g << 6) + B_ATAG];
+    if (i32[r + W_PF] !== pf) return false;
+    const xa = this.hi[g * HI_WORDS], xp = this.hi[g * HI_WORDS + 1];
+    const sa = (tag & A_SRV_A) !== 0;
+    const srv = sa ? i32[r + W_A] : i32[r + W_B];
+    const sp = pf === PROTO_ICMP ? xp : sa ? i32[r + W_PORTS] >>> 16 : i32[r + W_PORTS] & 0xffff;
+    if ((tag & A_XLAT_A) !== 0) return a === xa && b === srv && ports === ((xp << 16) | sp);
+    return a === srv && b === xa && ports === ((sp << 16) | xp);
+  }
+
+  /** Deletes the index entry holding `val` in the probe window of hash h, by backward shift. */
+  private removeEntry(h: number, val: number): void {
     const idx = this.idx, mask = this.imask;
-    let s = this.i32[(f << 4) + W_HASH] & mask;
-    for (let p = 0; p < this.probe && idx[2 * s + 1] !== f + 1; p++) s = (s + 1) & mask;
-    if (idx[2 * s + 1] === f + 1) {
+    let s = h & mask;
+    for (let p = 0; p < this.probe && idx[2 * s + 1] !== val; p++) s = (s + 1) & mask;
+    if (idx[2 * s + 1] === val) {
       // Backward shift (Knuth 6.4 algorithm R).
       let hole = s, j = s;
       for (;;) {
@@ -1005,11 +1222,6 @@ export class FlowTable {
       idx[2 * hole] = 0;
       idx[2 * hole + 1] = 0;
     }
-    if (unlinkWheel) this.unlink(f);
-    this.u8[(f << 6) + B_STATE] = FlowState.FREE;
-    this.wNext[f] = this.freeHead;
-    this.freeHead = f;
-    this.size--;
   }
 
   // Timer wheel lists: node f < capacity is a flow, capacity + b the head of bucket b.

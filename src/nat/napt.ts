@@ -173,6 +173,18 @@ const MIN_TIMEOUTS = { udp: 120, tcpEstablished: 7440, tcpTransitory: 240, icmp:
 const T_SYN_OUT = 1, T_SYN_IN = 2, T_FIN_OUT = 4, T_FIN_IN = 8, T_RST = 16;
 const TF_FIN = 0x01, TF_SYN = 0x02, TF_RST = 0x04, TF_ACK = 0x10;
 
+/**
+ * The flow table as the NAT sees it (src/flow/flow-table.ts FlowTable fits):
+ * its per-packet flow ids from the batch just tracked, and its reply alias,
+ * so that a translated connection's replies land on the flow of its
+ * outbound packets (as a conntrack entry's reply tuple does).
+ */
+export interface FlowAliasSink {
+  readonly flowOf: Int32Array;
+  wantsReplyAlias(id: number): boolean;
+  setReplyAlias4(id: number, src: number, dst: number, sport: number, dport: number, proto: number): boolean;
+}
+
 /** Sides of the NAT: where a packet came from (dirOf) and where it goes (egress, out.port). */
 export const NatSide = { INSIDE: 0, OUTSIDE: 1 } as const;
 const SIDE_INSIDE = NatSide.INSIDE, SIDE_OUTSIDE = NatSide.OUTSIDE;
@@ -326,6 +338,8 @@ export class Napt {
   private icmpTokens: number;
   private icmpTokenTime = NO_TIME;
   private out: Batch | null = null;
+  /** Flow table of the batch being translated (translateBatch's `flows`), or null. */
+  private flows: FlowAliasSink | null = null;
   /** Time of the batch being translated (a field, not an argument: a double argument is boxed per call). */
   private now = 0;
 
@@ -509,9 +523,12 @@ export class Napt {
    * Translates every packet of a parsed batch in place. `dirOf[i]`: 0 from
    * inside, 1 from outside (null: batch.port, 0 = inside). Packets whose
    * verdict is not FORWARD on entry are skipped. `out` (optional) receives
-   * originated ICMP errors and released fragments.
+   * originated ICMP errors and released fragments. `flows` (optional): the
+   * flow table that tracked this batch (before translation); the first
+   * translated outbound packet of each flow gives it its reply alias.
    */
-  translateBatch(batch: Batch, meta: Meta, dirOf: Uint8Array | null, nowSec: number, counters: NatCounters, out: Batch | null = null): void {
+  translateBatch(batch: Batch, meta: Meta, dirOf: Uint8Array | null, nowSec: number, counters: NatCounters, out: Batch | null = null,
+    flows: FlowAliasSink | null = null): void {
     const n = batch.count;
     if (this.egress.length < n) {
       this.egress = new Uint8Array(batch.capacity);
@@ -521,6 +538,7 @@ export class Napt {
     this.cv = cv;
     this.frags.cv = cv;
     this.out = out;
+    this.flows = flows;
     if (nowSec > this.clock) this.clock = nowSec;
     const now = this.clock;
     this.now = now;
@@ -534,6 +552,7 @@ export class Napt {
     }
     this.housekeep(now, this.cfg.sweepBudget);
     this.out = null;
+    this.flows = null;
   }
 
   /** Bounded per-batch work: SYN hold window, quarantine, fragment trains, session sweep. */
@@ -707,10 +726,20 @@ export class Napt {
     }
     this.mappingOf[i] = m;
     if (mt >= 0) {
+      // Hairpin: both ends are inside and both tuples change; no alias.
       this.egress[i] = SIDE_INSIDE;
       cv[NatCounter.nat_hairpinned]++;
     } else {
       cv[NatCounter.nat_out_translated]++;
+      const fs = this.flows;
+      if (fs !== null) {
+        const f = fs.flowOf[i];
+        // Replies come to the outside endpoint from the unchanged remote; for
+        // ICMP queries the translated identifier plays both ports (as in the flow key).
+        if (f >= 0 && fs.wantsReplyAlias(f)) {
+          fs.setReplyAlias4(f, newSrc, dst, newSport, np === NatProto.ICMP ? newSport : dp, meta.l4Proto[i]);
+        }
+      }
     }
     return Verdict.FORWARD;
   }

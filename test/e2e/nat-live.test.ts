@@ -79,6 +79,15 @@ http {
     const log = fs.readFileSync(path.join(tmp, 'access.log'), 'utf8');
     t.match(log, new RegExp(`^${LAB.pool.replace(/\./g, '\\.')} `, 'm'), 'nginx saw the pool address, not the client');
     t.notMatch(log, /198\.18\.1\.2/, 'the inside address never reached the server');
+    // The reply alias: the connection is one flow seen both ways (not a
+    // syn_sent flow before the NAT plus a syn_recv one for the replies).
+    const rows = ((await adminGet(a.sock, '/flows')) as { flows: { proto: number; state: string; client: string; server: string; serverPort: number; packetsFromServer: number }[] }).flows
+      .filter((f) => f.proto === 6 && (f.server === LAB.server || f.client === LAB.server));
+    t.equal(rows.length, 1, `one TCP flow for the curl connection: ${JSON.stringify(rows)}`);
+    t.equal(rows[0]?.client, LAB.client);
+    t.equal(rows[0]?.serverPort, 80);
+    t.ok(['established', 'fin_wait', 'time_wait', 'closed'].includes(rows[0]?.state), `state ${rows[0]?.state}`);
+    t.ok(rows[0]?.packetsFromServer > 0, 'the replies were counted on the same flow');
   });
 
   await t.test('a 24 MiB download arrives intact', async (t) => {

@@ -434,3 +434,230 @@ t.test('trackBatch does not allocate per packet', async (t) => {
   t.ok(table.size > 0);
   t.ok(growth < 1, `heap growth ${growth.toFixed(4)} bytes per packet`);
 });
+
+// ---- reply alias (the NAT's reply tuple, like a conntrack entry's) ----
+
+import fc from 'fast-check';
+
+/** Non-empty index entries: a primary per live flow plus one per alias. */
+function indexEntries(table: FlowTable): number {
+  let n = 0;
+  for (let s = 1; s < table.idx.length; s += 2) if (table.idx[s] !== 0) n++;
+  return n;
+}
+
+// Pool addresses on both sides of the server in the canonical order, so both
+// alias orientations (alias A = record A, alias A = record B) are exercised.
+for (const pool of ['192.0.2.1', '203.0.113.9']) {
+  t.test(`a NATed TCP connection is one flow in both directions (pool ${pool})`, async (t) => {
+    const { table, run, counters } = setup();
+    const client = '10.0.0.5', server = '198.51.100.1';
+    const [id] = run([tcp(client, 40000, server, 80, TCP.SYN, 1)]);
+    t.ok(id >= 0);
+    t.notOk(table.hasReplyAlias(id));
+    t.ok(table.setReplyAlias4(id, v4(pool), v4(server), 1024, 80, P.TCP));
+    t.ok(table.hasReplyAlias(id));
+    t.ok(table.setReplyAlias4(id, v4(pool), v4(server), 1024, 80, P.TCP), 'setting the same alias again is a no-op');
+    t.equal(indexEntries(table), 2);
+    const ids = run([
+      tcp(server, 80, pool, 1024, TCP.SYN | TCP.ACK, 1.1), // the reply, before de-translation
+      tcp(client, 40000, server, 80, TCP.ACK, 1.2),
+      tcp(server, 80, pool, 1024, TCP.ACK | TCP.PSH, 1.3),
+    ]);
+    t.same(ids, [id, id, id], 'replies on the alias land on the outbound flow');
+    t.equal(table.size, 1);
+    t.equal(counters.get('flow_created'), 1);
+    const f = table.info(id);
+    t.equal(f.state, 'established', 'both directions seen: ESTABLISHED');
+    t.equal(f.client, client);
+    t.equal(f.server, server);
+    t.equal(f.packetsFromClient, 2);
+    t.equal(f.packetsFromServer, 2);
+    t.equal(f.lastSeen, 1.3);
+    t.equal(table.lookup4(v4(pool), v4(server), 1024, 80, P.TCP), id);
+    t.equal(table.lookup4(v4(server), v4(pool), 80, 1024, P.TCP), id);
+    t.equal(table.insert4(v4(server), v4(pool), 80, 1024, P.TCP, 1.4), id, 'insert4 on the alias finds the flow');
+    // FIN from each side, one of them on the alias.
+    run([tcp(server, 80, pool, 1024, TCP.FIN | TCP.ACK, 2), tcp(client, 40000, server, 80, TCP.FIN | TCP.ACK, 2.1)]);
+    t.equal(table.state(id), FlowState.TCP_TIME_WAIT);
+    t.ok(table.checkWheel());
+  });
+}
+
+t.test('ICMP echo through a NAT: the translated identifier is the alias port', async (t) => {
+  const { table, run } = setup();
+  const [id] = run([{ src: '10.0.0.5', dst: '198.51.100.1', proto: P.ICMP, icmpType: 8, icmpId: 7, t: 1 }]);
+  t.ok(table.setReplyAlias4(id, v4('192.0.2.1'), v4('198.51.100.1'), 3000, 3000, P.ICMP));
+  const [r] = run([{ src: '198.51.100.1', dst: '192.0.2.1', proto: P.ICMP, icmpType: 0, icmpId: 3000, t: 1.5 }]);
+  t.equal(r, id);
+  t.equal(table.packets(id, 0), 1);
+  t.equal(table.packets(id, 1), 1);
+});
+
+t.test('removing, expiring or evicting a flow removes its alias', async (t) => {
+  const { table, run } = setup({ timeouts: { udp: 30 } });
+  const [a, b] = run([udp('10.0.0.5', 5000, '198.51.100.1', 53, 1), udp('10.0.0.6', 5000, '198.51.100.1', 53, 1)]);
+  t.ok(table.setReplyAlias4(a, v4('192.0.2.1'), v4('198.51.100.1'), 2000, 53, P.UDP));
+  t.ok(table.setReplyAlias4(b, v4('192.0.2.1'), v4('198.51.100.1'), 2001, 53, P.UDP));
+  t.equal(indexEntries(table), 4);
+  t.ok(table.remove(a));
+  t.equal(table.lookup4(v4('192.0.2.1'), v4('198.51.100.1'), 2000, 53, P.UDP), -1);
+  t.equal(table.lookup4(v4('192.0.2.1'), v4('198.51.100.1'), 2001, 53, P.UDP), b, 'the other alias survives the backward shifts');
+  t.equal(indexEntries(table), 2);
+  // A packet on the dead alias is a new flow of its own, without an alias.
+  const [c] = run([udp('198.51.100.1', 53, '192.0.2.1', 2000, 2)]);
+  t.not(c, b);
+  t.notOk(table.hasReplyAlias(c));
+  t.equal(table.info(c).client, '198.51.100.1');
+  t.equal(table.expire(100), 2);
+  t.equal(table.size, 0);
+  t.equal(indexEntries(table), 0, 'expiry removed both entries of the aliased flow');
+  t.equal(table.lookup4(v4('192.0.2.1'), v4('198.51.100.1'), 2001, 53, P.UDP), -1);
+  // A hit on the alias of a flow past its deadline expires it on the spot.
+  const [d] = run([udp('10.0.0.7', 5000, '198.51.100.1', 53, 200)]);
+  t.ok(table.setReplyAlias4(d, v4('192.0.2.1'), v4('198.51.100.1'), 2002, 53, P.UDP));
+  const [e] = run([udp('198.51.100.1', 53, '192.0.2.1', 2002, 300)]);
+  t.equal(table.size, 1);
+  t.notOk(table.hasReplyAlias(e));
+  t.equal(table.info(e).client, '198.51.100.1', 'the new flow is keyed and sided by the packet, not the dead alias');
+  t.equal(indexEntries(table), 1);
+});
+
+t.test('an alias on another live flow\'s tuple is refused and counted', async (t) => {
+  const { table, run, counters } = setup();
+  const [a, b] = run([udp('10.0.0.5', 5000, '198.51.100.1', 53, 1), udp('192.0.2.1', 2000, '198.51.100.1', 53, 1)]);
+  t.notOk(table.setReplyAlias4(a, v4('192.0.2.1'), v4('198.51.100.1'), 2000, 53, P.UDP));
+  t.equal(counters.get('flow_alias_refused'), 1);
+  t.notOk(table.hasReplyAlias(a));
+  t.notOk(table.wantsReplyAlias(a), 'a refused flow is not offered again');
+  t.ok(table.wantsReplyAlias(b));
+  t.equal(table.lookup4(v4('198.51.100.1'), v4('192.0.2.1'), 53, 2000, P.UDP), b, 'the other flow keeps its key');
+  t.ok(table.setReplyAlias4(a, v4('192.0.2.1'), v4('198.51.100.1'), 2001, 53, P.UDP));
+  const [c] = run([udp('10.0.0.9', 6000, '198.51.100.1', 53, 2)]);
+  t.notOk(table.setReplyAlias4(c, v4('192.0.2.1'), v4('198.51.100.1'), 2001, 53, P.UDP), 'another flow\'s alias is taken too');
+  t.equal(counters.get('flow_alias_refused'), 2);
+  t.notOk(table.setReplyAlias4(a, v4('192.0.2.1'), v4('198.51.100.2'), 2001, 53, P.UDP), 'the server must be an endpoint of the flow');
+  t.notOk(table.setReplyAlias4(a, v4('192.0.2.1'), v4('198.51.100.1'), 2001, 53, P.TCP), 'and the protocol the flow\'s');
+  t.notOk(table.setReplyAlias4(a, v4('10.0.0.5'), v4('198.51.100.1'), 5000, 53, P.UDP), 'the flow\'s own tuple is no alias');
+  t.equal(counters.get('flow_alias_refused'), 2, 'those are no collisions');
+});
+
+t.test('property: insert / alias / remove sequences keep the index consistent with a model', async (t) => {
+  const ADDRS = [v4('10.0.0.1'), v4('10.0.0.2'), v4('192.0.2.1'), v4('198.51.100.1'), v4('203.0.113.5')];
+  const op = fc.tuple(fc.integer({ min: 0, max: 3 }), fc.nat(4), fc.nat(4), fc.nat(3), fc.nat(3), fc.nat(63));
+  fc.assert(
+    fc.property(fc.integer(), fc.array(op, { minLength: 1, maxLength: 150 }), (seed, ops) => {
+      const table = new FlowTable({ capacity: 16, probe: 4, seed, wheelSlots: 16 }, new Counters());
+      // id -> [primary key, alias key | null]; a key is src,dst,sport,dport (either direction finds it).
+      const model = new Map<number, [number[], number[] | null]>();
+      const ever: number[][] = [];
+      const keyEq = (x: number[], y: number[]) =>
+        (x[0] === y[0] && x[1] === y[1] && x[2] === y[2] && x[3] === y[3]) ||
+        (x[0] === y[1] && x[1] === y[0] && x[2] === y[3] && x[3] === y[2]);
+      const owner = (k: number[]) => {
+        for (const [id, [p, al]] of model) if (keyEq(p, k) || (al && keyEq(al, k))) return id;
+        return -1;
+      };
+      for (const [kind, ai, bi, sp, dp, pick] of ops) {
+        const key = [ADDRS[ai], ADDRS[bi], 1000 + sp, 80 + dp];
+        if (kind <= 1) {
+          const before = owner(key);
+          const id = table.insert4(key[0], key[1], key[2], key[3], P.UDP, 1);
+          if (before >= 0) {
+            if (id !== before) return false;
+          } else if (id >= 0) {
+            model.set(id, [key, null]);
+            ever.push(key);
+          }
+        } else if (kind === 2) {
+          const ids = [...model.keys()];
+          if (ids.length === 0) continue;
+          const id = ids[pick % ids.length];
+          const [p] = model.get(id)!;
+          // Alias: a translated source towards the flow's server (its second endpoint).
+          const al = [key[0], p[1], key[2], p[3]];
+          const other = owner(al);
+          const ok = table.setReplyAlias4(id, al[0], al[1], al[2], al[3], P.UDP);
+          if (other >= 0 && other !== id && ok) return false;
+          if (ok) {
+            if (!keyEq(al, p)) model.get(id)![1] = al;
+            ever.push(al);
+          }
+        } else {
+          const ids = [...model.keys()];
+          if (ids.length === 0) continue;
+          const id = ids[pick % ids.length];
+          if (!table.remove(id)) return false;
+          model.delete(id);
+        }
+        // Evictions: ids the table no longer holds leave the model.
+        for (const id of [...model.keys()]) if (!table.isLive(id)) model.delete(id);
+        let aliases = 0;
+        for (const [id, [p, al]] of model) {
+          if (table.lookup4(p[0], p[1], p[2], p[3], P.UDP) !== id) return false;
+          if (al) {
+            aliases++;
+            if (!table.hasReplyAlias(id) || table.lookup4(al[1], al[0], al[3], al[2], P.UDP) !== id) return false;
+          } else if (table.hasReplyAlias(id)) return false;
+        }
+        if (table.size !== model.size || indexEntries(table) !== model.size + aliases || !table.checkWheel()) return false;
+        for (const k of ever) if (owner(k) < 0 && table.lookup4(k[0], k[1], k[2], k[3], P.UDP) !== -1) return false;
+      }
+      return true;
+    }),
+    { numRuns: 300, seed: 0x5eed },
+  );
+  t.pass('300 random sequences');
+});
+
+t.test('through the NAT: translateBatch(flows) aliases outbound flows, not hairpins or ICMP errors', async (t) => {
+  const { Napt } = await import('../../src/nat/napt.js');
+  const { NatCounters } = await import('../../src/nat/counters.js');
+  const { parseBatch } = await import('../../src/wire/parse.js');
+  const nh = await import('./nat-helpers.js');
+  const napt = new Napt(nh.baseConfig({ filtering: 'endpoint-independent' }));
+  const counters = new Counters(), natCounters = new NatCounters();
+  const table = new FlowTable({ capacity: 1024, seed: 7 }, counters);
+  const batch = new Batch(64, 64 * 2048), meta = new Meta(64), dir = new Uint8Array(64);
+  // The appliance's order: track before translation, then the NAT with the table.
+  const pass = (pkt: Buffer, side: number, now: number) => {
+    batch.clear();
+    const f = nh.eth(pkt);
+    batch.push(f, 0, f.length, f.length, Math.floor(now), 0, 1, 0);
+    dir[0] = side;
+    parseBatch(batch, meta);
+    table.trackBatch(batch, meta, counters);
+    const id = table.flowOf[0];
+    napt.translateBatch(batch, meta, dir, now, natCounters, null, table);
+    const ipb = Buffer.from(batch.arena.subarray(batch.off[0] + 14, batch.off[0] + batch.capLen[0]));
+    return { id, verdict: batch.verdict[0], src: ipb.readUInt32BE(12), sp: ipb.readUInt16BE(20), dst: ipb.readUInt32BE(16), dp: ipb.readUInt16BE(22), icmpId: ipb.readUInt16BE(24) };
+  };
+  const syn = pass(nh.tcp4(nh.IN_A, nh.REM_1, 40000, 80, nh.TCPF.SYN), nh.INSIDE, 100);
+  t.equal(syn.verdict, nh.Verdict.FORWARD);
+  t.ok(table.hasReplyAlias(syn.id), 'the first translated packet set the alias');
+  const sa = pass(nh.tcp4(nh.REM_1, syn.src, 80, syn.sp, nh.TCPF.SYN | nh.TCPF.ACK), nh.OUTSIDE, 100.1);
+  t.equal(sa.verdict, nh.Verdict.FORWARD);
+  t.equal(sa.id, syn.id, 'the reply is tracked (before de-translation) on the same flow');
+  pass(nh.tcp4(nh.IN_A, nh.REM_1, 40000, 80, nh.TCPF.ACK), nh.INSIDE, 100.2);
+  t.equal(table.state(syn.id), FlowState.TCP_ESTABLISHED);
+  t.equal(table.size, 1);
+  // ICMP echo: the translated identifier.
+  const ping = pass(nh.echo4(nh.IN_A, nh.REM_1, 8, 77), nh.INSIDE, 101);
+  t.ok(table.hasReplyAlias(ping.id));
+  const pong = pass(nh.echo4(nh.REM_1, ping.src, 0, ping.icmpId), nh.OUTSIDE, 101.1);
+  t.equal(pong.id, ping.id);
+  // Hairpin: B's mapping, then A sends to it; A's flow gets no alias.
+  const b = pass(nh.udp4(nh.IN_B, nh.REM_1, 6000, 53), nh.INSIDE, 102);
+  t.ok(table.hasReplyAlias(b.id));
+  const hp = pass(nh.udp4(nh.IN_A, b.src, 5000, b.sp), nh.INSIDE, 103);
+  t.equal(natCounters.get('nat_hairpinned'), 1);
+  t.ok(hp.id >= 0);
+  t.notOk(table.hasReplyAlias(hp.id), 'a hairpinned flow is not aliased');
+  // An ICMP error from outside about B's datagram: not aliased either.
+  const quoted = nh.udp4(b.src, nh.REM_1, b.sp, 53);
+  const err = pass(nh.icmpError4(nh.REM_1, b.src, 3, 3, quoted), nh.OUTSIDE, 104);
+  t.equal(err.verdict, nh.Verdict.FORWARD);
+  t.ok(err.id >= 0);
+  t.notOk(table.hasReplyAlias(err.id), 'an ICMP error flow is not aliased');
+  t.equal(counters.get('flow_alias_refused'), 0);
+});
