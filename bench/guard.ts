@@ -44,7 +44,7 @@ import { GuardSensor } from '../src/guard/sensor.js';
 import { Blocklist } from '../src/guard/blocklist.js';
 import { AddressState } from '../src/guard/monitor.js';
 import type { BlockEntry } from '../src/guard/bus.js';
-import { formatV4 } from '../src/guard/addr.js';
+import { formatIpv4 } from '../src/wire/ipv4.js';
 import { buildCFloor, runCFloor, runBenny, heapGrowthPerOp, ratio, report, RESULTS_DIR, type Measured, type SuiteResult } from './common.js';
 
 const BATCH = 256;
@@ -91,7 +91,7 @@ const FLAGS0 = metaBatches.map(({ meta }) => meta.flags.slice());
 function entry(addr: string): BlockEntry {
   return { addr, until: 0, rule: 'manual', score: 0, nodes: [], offences: 1, at: 0 };
 }
-const exact = Array.from({ length: BLOCKED }, (_, i) => entry(formatV4(0xc6130000 + i * 13)));
+const exact = Array.from({ length: BLOCKED }, (_, i) => entry(formatIpv4(0xc6130000 + i * 13)));
 const prefixes = [entry('203.0.113.0/24'), entry('192.0.2.0/24'), entry('100.64.0.0/16')];
 
 function makeSensor(entries: BlockEntry[]): { s: GuardSensor; counters: Counters } {
@@ -109,7 +109,7 @@ const sensors = {
   exact: makeSensor(exact),
   prefixes: makeSensor([...exact, ...prefixes]),
   // 10% of the sources blocked (every tenth source address), plus the rest.
-  dropping: makeSensor([...exact, ...prefixes, ...Array.from({ length: SOURCES / 10 }, (_, k) => entry(formatV4(0xc6120000 + k * 10 * 5)))]),
+  dropping: makeSensor([...exact, ...prefixes, ...Array.from({ length: SOURCES / 10 }, (_, k) => entry(formatIpv4(0xc6120000 + k * 10 * 5)))]),
 };
 
 let sink = 0;

@@ -33,11 +33,11 @@ import type { Logger } from './log.js';
 import { AdminServer } from './admin.js';
 import { NextHops, NeighbourWatcher, readInterface, type InterfaceInfo } from './neighbours.js';
 import { onesSum, pseudoSum4 } from '../wire/checksum.js';
+import { formatIpv4, parseIpv4 } from '../wire/ipv4.js';
 import { Counter } from '../counters.js';
 import { Guard } from '../guard/guard.js';
 import { LbControl } from './lb.js';
 import { Handled } from '../lb/distributor.js';
-import { fmtV4 } from './neighbours.js';
 import { changedKeys, isReloadable, type ReloadResult } from './reload.js';
 
 /** Batches handled per readable event before yielding to the event loop. */
@@ -126,7 +126,7 @@ export class Appliance {
     if (this.routed) {
       // Control plane, once: the interfaces' MACs, addresses and prefixes.
       this.ifs = [readInterface(cfg.io.inside!), readInterface(cfg.io.outside!)];
-      const gw = (a: string | undefined) => (a ? a.split('.').reduce((x, o) => ((x << 8) | Number(o)) >>> 0, 0) | 0 : 0);
+      const gw = (a: string | undefined) => (a ? parseIpv4(a) | 0 : 0);
       this.hops = new NextHops(this.ifs, [gw(cfg.io.insideGateway), gw(cfg.io.outsideGateway)]);
       // ICMP errors to inside hosts come from the router's inside address (traceroute shows the gateway).
       const a = this.ifs[0].addrs[0];
@@ -139,10 +139,10 @@ export class Appliance {
       const hops = this.hops;
       const out = this.ifs?.[1].addrs[0];
       this.lb = new LbControl(cfg.lb, this.flows, log, {
-        localAddress: out === undefined ? undefined : fmtV4(out),
+        localAddress: out === undefined ? undefined : formatIpv4(out),
         // af-packet: directly connected targets' MACs from the kernel's neighbour table (asked for when missing).
         resolveMac: hops === null ? undefined : (address: string) => {
-          const a = address.split('.').reduce((x, o) => ((x << 8) | Number(o)) >>> 0, 0) | 0;
+          const a = parseIpv4(address) | 0;
           const t = hops.tables[1], slot = t.slotOf(a);
           if (slot < 0) {
             hops.request(1, a);

@@ -13,6 +13,7 @@
 // established flows stay on their targets across a reload.
 
 import type { FlowTable } from '../flow/flow-table.js';
+import { formatIpv4, parseIpv4 } from '../wire/ipv4.js';
 import { Distributor, type DistService, type DistTarget } from '../lb/distributor.js';
 import { HealthChecker, type HealthTarget, type TargetStatus } from '../lb/health.js';
 import { TlsTerminator, type TlsTargetConfig, type TlsTerminatorConfig } from '../lb/tls/terminator.js';
@@ -283,7 +284,7 @@ export class LbControl {
       const t = d.targetOfFlow(id);
       if (t < 0 || t >= counts.length || !f.isLive(id)) continue;
       const fi = f.info(id);
-      if (fi.server !== fmtU32(d.tVip[t]) || fi.serverPort !== d.tVport[t]) continue;
+      if (fi.server !== formatIpv4(d.tVip[t]) || fi.serverPort !== d.tVport[t]) continue;
       counts[t]++;
     }
     return counts;
@@ -292,7 +293,7 @@ export class LbControl {
   /** The live flows of one configured target (its slot in the distributor), or 0. */
   private flowsOf(perSlot: Int32Array, s: LbServiceConfig, t: LbServiceConfig['targets'][number]): number {
     const d = this.dist, proto = s.proto === 'udp' ? 17 : 6;
-    const vip = u32Of(s.vip), addr = u32Of(t.address);
+    const vip = parseIpv4(s.vip) | 0, addr = parseIpv4(t.address) | 0;
     for (let k = 0; k < perSlot.length; k++) {
       if ((d.tVip[k] | 0) === vip && d.tVport[k] === s.port && (d.tAddr[k] | 0) === addr && d.tPort[k] === t.port && d.tProto[k] === proto) return perSlot[k];
     }
@@ -302,7 +303,7 @@ export class LbControl {
   /** Packet-path limits: connections counted, SYNs held and maxconn of the target's newest slot. */
   private limitLoadOf(s: LbServiceConfig, t: LbServiceConfig['targets'][number]): { active: number; queued: number; maxconn: number } {
     const d = this.dist, proto = s.proto === 'udp' ? 17 : 6;
-    const vip = u32Of(s.vip), addr = u32Of(t.address);
+    const vip = parseIpv4(s.vip) | 0, addr = parseIpv4(t.address) | 0;
     for (let k = d.targetCount - 1; k >= 0; k--) {
       if ((d.tVip[k] | 0) === vip && d.tVport[k] === s.port && (d.tAddr[k] | 0) === addr && d.tPort[k] === t.port && d.tProto[k] === proto) {
         const l = d.targetLoad(k);
@@ -350,14 +351,6 @@ function endpointOrdinal(list: readonly { address: string; port: number }[], i: 
   let n = 0;
   for (let k = 0; k < i; k++) if (list[k].address === list[i].address && list[k].port === list[i].port) n++;
   return n;
-}
-
-function fmtU32(a: number): string {
-  return `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
-}
-/** a.b.c.d as the signed 32-bit word the distributor stores. */
-function u32Of(s: string): number {
-  return s.split('.').reduce((x, o) => ((x << 8) | Number(o)) >>> 0, 0) | 0;
 }
 
 function tlsTarget(t: LbServiceConfig['targets'][number], weight: number): TlsTargetConfig {

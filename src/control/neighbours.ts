@@ -14,6 +14,7 @@
 import { execFileSync, execFile } from 'node:child_process';
 import dgram from 'node:dgram';
 import { fmix32 } from '../flow/hash.js';
+import { formatIpv4 } from '../wire/ipv4.js';
 
 /** Prefixes per interface the data path checks for "on-link". */
 const MAX_PREFIXES = 8;
@@ -25,9 +26,6 @@ function parseV4(s: string): number {
   return ((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) | 0;
 }
 
-export function fmtV4(a: number): string {
-  return `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
-}
 
 function parseMac(s: string, out: Uint8Array, at: number): boolean {
   const p = s.split(':');
@@ -291,7 +289,7 @@ export class NeighbourWatcher {
       if (now - (this.lastProbe.get(a) ?? 0) < 1000) continue;
       this.lastProbe.set(a, now);
       // Any datagram makes the kernel resolve the next hop (RFC 826); port 9 is discard.
-      this.sock.send(PROBE, 9, fmtV4(a));
+      this.sock.send(PROBE, 9, formatIpv4(a));
       sent++;
     }
     h.wantCount = 0;

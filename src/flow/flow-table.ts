@@ -77,6 +77,8 @@ import type { Batch } from '../io/batch.js';
 import { MetaFlag, type Meta } from '../wire/meta.js';
 import { COUNTER_DEFS, Counter, type Counters } from '../counters.js';
 import { FragTable } from './defrag.js';
+import { formatIpv4 } from '../wire/ipv4.js';
+import { formatIpv6Words } from '../wire/ipv6.js';
 import * as hash from './hash.js';
 
 // Module-local bindings: under some loaders (tsx's CommonJS interop) an imported
@@ -1323,23 +1325,5 @@ export class FlowTable {
 
 /** Dotted quad (IPv4: w3 only) or RFC 5952 text (IPv6: big-endian words w0..w3). */
 function formatAddr(w0: number, w1: number, w2: number, w3: number, v6: boolean): string {
-  if (!v6) {
-    const w = w3 >>> 0;
-    return `${w >>> 24}.${(w >>> 16) & 255}.${(w >>> 8) & 255}.${w & 255}`;
-  }
-  const words = [w0 >>> 0, w1 >>> 0, w2 >>> 0, w3 >>> 0];
-  const g: number[] = [];
-  for (let i = 0; i < 4; i++) g.push(words[i] >>> 16, words[i] & 0xffff);
-  // RFC 5952 4.2: compress the longest run (>= 2) of zero groups, the first if tied.
-  let best = -1, bestLen = 1;
-  for (let i = 0; i < 8;) {
-    if (g[i] !== 0) { i++; continue; }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) { best = i; bestLen = j - i; }
-    i = j;
-  }
-  const hex = g.map((x) => x.toString(16));
-  if (best < 0) return hex.join(':');
-  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
+  return v6 ? formatIpv6Words(w0, w1, w2, w3) : formatIpv4(w3 >>> 0);
 }

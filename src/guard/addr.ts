@@ -5,6 +5,8 @@
 // word 3, IPv6 as four big-endian u32 words), as the flow table does.
 
 import { Address4, Address6 } from 'ip-address';
+import { formatIpv4 } from '../wire/ipv4.js';
+import { formatIpv6Words } from '../wire/ipv6.js';
 
 /** An address (len 32 / 128) or a prefix, as words with the host bits cleared. */
 export interface Prefix {
@@ -16,36 +18,9 @@ export interface Prefix {
   text: string;
 }
 
-/** Dotted quad of a u32 (or int32 bit pattern). */
-export function formatV4(a: number): string {
-  const w = a >>> 0;
-  return `${w >>> 24}.${(w >>> 16) & 255}.${(w >>> 8) & 255}.${w & 255}`;
-}
-
-/**
- * RFC 5952 text of an IPv6 address given as four big-endian words: lower
- * case, no leading zeros, the longest run of two or more zero groups
- * compressed (the first when tied, section 4.2.3). Same text as
- * ip-address's correctForm() (a unit test holds it to that).
- */
-export function formatV6(w0: number, w1: number, w2: number, w3: number): string {
-  const g = [w0 >>> 16, w0 & 0xffff, w1 >>> 16, w1 & 0xffff, w2 >>> 16, w2 & 0xffff, w3 >>> 16, w3 & 0xffff];
-  let best = -1, bestLen = 1;
-  for (let i = 0; i < 8;) {
-    if (g[i] !== 0) { i++; continue; }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) { best = i; bestLen = j - i; }
-    i = j;
-  }
-  const hex = g.map((x) => x.toString(16));
-  if (best < 0) return hex.join(':');
-  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
-}
-
 /** Text of an address given by family and words. */
 export function formatAddr(family: number, w0: number, w1: number, w2: number, w3: number): string {
-  return family === 6 ? formatV6(w0, w1, w2, w3) : formatV4(w3);
+  return family === 6 ? formatIpv6Words(w0, w1, w2, w3) : formatIpv4(w3);
 }
 
 /** Mask of the first `bits` (0..32) bits of a word, as an int32. */
@@ -77,7 +52,7 @@ export function parsePrefix(s: string): Prefix | null {
     const len = slash >= 0 ? Number(lenText) : 32;
     if (len > 32) return null;
     const words = maskWords(4, [0, 0, 0, Number(a.bigInt()) | 0], len);
-    return { family: 4, words, len, text: len === 32 ? formatV4(words[3]) : `${formatV4(words[3])}/${len}` };
+    return { family: 4, words, len, text: len === 32 ? formatIpv4(words[3]) : `${formatIpv4(words[3])}/${len}` };
   }
   if (!Address6.isValid(s)) return null;
   const a = new Address6(s);
@@ -86,7 +61,7 @@ export function parsePrefix(s: string): Prefix | null {
   const big = a.bigInt();
   const raw = [Number((big >> 96n) & 0xffffffffn) | 0, Number((big >> 64n) & 0xffffffffn) | 0, Number((big >> 32n) & 0xffffffffn) | 0, Number(big & 0xffffffffn) | 0];
   const words = maskWords(6, raw, len);
-  const t = formatV6(words[0], words[1], words[2], words[3]);
+  const t = formatIpv6Words(words[0], words[1], words[2], words[3]);
   return { family: 6, words, len, text: len === 128 ? t : `${t}/${len}` };
 }
 

@@ -54,6 +54,7 @@ import { LinkType, Meta, MetaFlag } from '../wire/meta.js';
 import { ParseStatus } from '../wire/status.js';
 import { parseNetwork } from '../wire/parse.js';
 import * as cks from '../wire/checksum.js';
+import { formatIpv4 } from '../wire/ipv4.js';
 import * as hash from '../flow/hash.js';
 import { NatCounter, NatCounters, NAT_COUNTER_DEFS } from './counters.js';
 import * as pa from './port-allocator.js';
@@ -372,7 +373,7 @@ export class Napt {
     if (new Set(pool).size !== pool.length) throw new Error('nat.pool: an address is listed twice');
     this.pool = Uint32Array.from(pool);
     for (const a of pool) {
-      if (this.isInside(a)) throw new Error(`nat.pool: ${fmt(a)} lies inside nat.insidePrefixes; pool addresses must be outside addresses`);
+      if (this.isInside(a)) throw new Error(`nat.pool: ${formatIpv4(a)} lies inside nat.insidePrefixes; pool addresses must be outside addresses`);
     }
 
     const filt = config.filtering ?? 'address-dependent';
@@ -1619,7 +1620,7 @@ export class Napt {
         if (this.sf[(s << 3) + SF_LAST] > last) last = this.sf[(s << 3) + SF_LAST];
         if (this.sf[(s << 3) + SF_DEADLINE] > deadline) deadline = this.sf[(s << 3) + SF_DEADLINE];
         remotes.push({
-          address: fmt(this.sr[(s << 4) + S_REM]),
+          address: formatIpv4(this.sr[(s << 4) + S_REM]),
           port: this.sr[(s << 4) + S_REMPORT],
           state: np === NatProto.TCP ? tcpStateName(bits) : 'active',
           outbound: (this.sr[(s << 4) + S_LIVE] & 2) !== 0,
@@ -1632,9 +1633,9 @@ export class Napt {
       out.push({
         id: m,
         proto: NAT_PROTO_NAMES[np],
-        insideAddress: fmt(this.mr[(m << 4) + M_IN]),
+        insideAddress: formatIpv4(this.mr[(m << 4) + M_IN]),
         insidePort: this.mr[(m << 4) + M_INPORT],
-        outsideAddress: fmt(this.mr[(m << 4) + M_OUT]),
+        outsideAddress: formatIpv4(this.mr[(m << 4) + M_OUT]),
         outsidePort: this.mr[(m << 4) + M_OUTPORT],
         state: np === NatProto.TCP ? (est ? 'established' : 'transitory') : 'active',
         createdAt: this.mCreated[m],
@@ -1698,6 +1699,3 @@ function tcpStateName(bits: number): string {
   return 'transitory';
 }
 
-function fmt(a: number): string {
-  return `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
-}

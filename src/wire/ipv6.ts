@@ -93,8 +93,13 @@ export function fragHdrId(buf: Buffer, off: number): number {
 
 /** RFC 5952 text form (lower case, longest run of >= 2 zero groups compressed, first on ties). Off the hot path. */
 export function formatIpv6(buf: Buffer, off: number): string {
-  const g: number[] = [];
-  for (let k = 0; k < 8; k++) g.push((buf[off + 2 * k] << 8) | buf[off + 2 * k + 1]);
+  const w = (o: number) => ((buf[o] << 24) | (buf[o + 1] << 16) | (buf[o + 2] << 8) | buf[o + 3]) >>> 0;
+  return formatIpv6Words(w(off), w(off + 4), w(off + 8), w(off + 12));
+}
+
+/** formatIpv6 of an address held as four big-endian 32-bit words (u32 or int32 bit patterns). */
+export function formatIpv6Words(w0: number, w1: number, w2: number, w3: number): string {
+  const g = [w0 >>> 16, w0 & 0xffff, w1 >>> 16, w1 & 0xffff, w2 >>> 16, w2 & 0xffff, w3 >>> 16, w3 & 0xffff];
   let bestStart = -1;
   let bestLen = 0;
   for (let k = 0; k < 8; ) {

@@ -5,7 +5,8 @@
 import t from 'tap';
 import { Address4, Address6 } from 'ip-address';
 import { AddrTable, Blocklist, ALLOW_EXEMPT } from '../../src/guard/blocklist.js';
-import { parsePrefix, formatV6, contains, canonical, type Prefix } from '../../src/guard/addr.js';
+import { parsePrefix, contains, canonical, type Prefix } from '../../src/guard/addr.js';
+import { formatIpv6Words } from '../../src/wire/ipv6.js';
 import type { BlockEntry } from '../../src/guard/bus.js';
 
 let seed = 12345;
@@ -29,13 +30,13 @@ t.test('parsePrefix: canonical text, host bits cleared, bad input refused', asyn
   t.equal(canonical(' 198.18.0.1 '), '198.18.0.1');
 });
 
-t.test('formatV6 gives the same text as ip-address correctForm (RFC 5952)', async (t) => {
+t.test('formatIpv6Words (the IPv6 text of the guard and the flow table) gives the same text as ip-address correctForm (RFC 5952)', async (t) => {
   const fixed = ['::', '::1', '1::', 'fd00::1', '2001:db8:0:0:1:0:0:1', '2001:0:0:1:0:0:0:1', '1:0:1:0:1:0:1:0', 'fd00:0:0:1::2', '::ffff:1.2.3.4'];
   const words = (a: Address6) => { const b = a.bigInt(); return [0, 1, 2, 3].map((k) => Number((b >> BigInt(96 - 32 * k)) & 0xffffffffn) | 0); };
   for (const s of fixed) {
     const a = new Address6(s);
     const w = words(a);
-    t.equal(formatV6(w[0], w[1], w[2], w[3]), a.correctForm(), s);
+    t.equal(formatIpv6Words(w[0], w[1], w[2], w[3]), a.correctForm(), s);
   }
   let bad = 0;
   for (let i = 0; i < 2000; i++) {
@@ -44,7 +45,7 @@ t.test('formatV6 gives the same text as ip-address correctForm (RFC 5952)', asyn
     const s = g.map((x) => x.toString(16)).join(':');
     const a = new Address6(s);
     const w = words(a);
-    if (formatV6(w[0], w[1], w[2], w[3]) !== a.correctForm()) bad++;
+    if (formatIpv6Words(w[0], w[1], w[2], w[3]) !== a.correctForm()) bad++;
   }
   t.equal(bad, 0, '2000 random addresses');
 });
