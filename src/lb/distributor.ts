@@ -1596,28 +1596,54 @@ export class Distributor {
     const at = out.used;
     if (k >= out.capacity || at + len > out.arena.length || tot + 20 > 0xffff) return false;
     const o = out.arena;
+    this.copyLinkHeader(batch, i, l3Rel, t, o, at);
+    const h = at + l3Rel;
+    this.outerIpv4(o, h, src[l3 + 1], tot + 20, src[l3 + 6] & 0x40, PROTO_IPIP, t);
+    // RFC 1071 over the 20-byte outer header.
+    let sum = 0;
+    for (let b = 0; b < 20; b += 2) sum += (o[h + b] << 8) | o[h + b + 1];
+    sum = fold(sum);
+    const c = ~sum & 0xffff;
+    o[h + 10] = c >>> 8;
+    o[h + 11] = c & 0xff;
+    this.copyInner(src, l3, o, h + 20, innerCap);
+    this.commitOut(batch, i, out, at, len, 20);
+    return true;
+  }
+
+  // ---- pieces shared by the two encapsulations (IPIP, GUE) ----
+
+  /** The packet's link header at o[at..), with the target's MAC as destination when one is configured. */
+  private copyLinkHeader(batch: Batch, i: number, l3Rel: number, t: number, o: Buffer, at: number): void {
+    const src = batch.arena, po = batch.off[i];
     // Byte loops, not Buffer#copy: on Node 20 copy() makes a Uint8Array view per call.
     for (let b = 0; b < l3Rel; b++) o[at + b] = src[po + b];
     if (this.tHasMac[t] !== 0 && batch.linkType[i] === 1 && l3Rel >= 14) {
       const mo = t * 6, tMac = this.tMac;
       for (let b = 0; b < 6; b++) o[at + b] = tMac[mo + b];
     }
-    const h = at + l3Rel;
-    const outerTot = tot + 20;
+  }
+
+  /**
+   * The outer IPv4 header at o[h..h+20) with its checksum field 0: TOS and DF
+   * as given (copied from the inner header, RFC 2003 §3.1), TTL_OUTER, the
+   * next identification, source localAddress, destination target t's
+   * address. Returns the identification used.
+   */
+  private outerIpv4(o: Buffer, h: number, tos: number, outerTot: number, df: number, proto: number, t: number): number {
     const id = this.ipId;
     this.ipId = (id + 1) & 0xffff;
-    const df = src[l3 + 6] & 0x40;
     const a = this.localAddress, d = this.tAddr[t];
     o[h] = 0x45;
-    o[h + 1] = src[l3 + 1];
+    o[h + 1] = tos;
     o[h + 2] = outerTot >>> 8;
     o[h + 3] = outerTot & 0xff;
     o[h + 4] = id >>> 8;
     o[h + 5] = id & 0xff;
     o[h + 6] = df;
     o[h + 7] = 0;
-    o[h + 8] = 64;
-    o[h + 9] = PROTO_IPIP;
+    o[h + 8] = TTL_OUTER;
+    o[h + 9] = proto;
     o[h + 10] = 0;
     o[h + 11] = 0;
     o[h + 12] = a >>> 24;
@@ -1628,15 +1654,11 @@ export class Distributor {
     o[h + 17] = (d >>> 16) & 0xff;
     o[h + 18] = (d >>> 8) & 0xff;
     o[h + 19] = d & 0xff;
-    // RFC 1071 over the 20-byte outer header.
-    let sum = 0;
-    for (let b = 0; b < 20; b += 2) sum += (o[h + b] << 8) | o[h + b + 1];
-    sum = fold(sum);
-    const c = ~sum & 0xffff;
-    o[h + 10] = c >>> 8;
-    o[h + 11] = c & 0xff;
-    const ib = h + 20;
-    // Four bytes at a time through DataViews kept per arena (as dsr-gue): about 3x the byte loop, no allocation.
+    return id;
+  }
+
+  /** DataViews over the source and out arenas, made again only when an arena changes (no allocation per packet). */
+  private refreshViews(src: Buffer, o: Buffer): void {
     if (src !== this.srcArena) {
       this.srcArena = src;
       this.srcView = new DataView(src.buffer, src.byteOffset, src.length);
@@ -1645,14 +1667,24 @@ export class Distributor {
       this.outArena = o;
       this.outView = new DataView(o.buffer, o.byteOffset, o.length);
     }
+  }
+
+  /** Copies n bytes src[from..) to o[to..): four at a time through the DataViews (about 3x the byte loop), then the tail. */
+  private copyInner(src: Buffer, from: number, o: Buffer, to: number, n: number): void {
+    this.refreshViews(src, o);
     const sv = this.srcView, ov = this.outView;
-    const e4 = innerCap & ~3;
+    const e4 = n & ~3;
     let b = 0;
-    for (; b < e4; b += 4) ov.setUint32(ib + b, sv.getUint32(l3 + b));
-    for (; b < innerCap; b++) o[ib + b] = src[l3 + b];
+    for (; b < e4; b += 4) ov.setUint32(to + b, sv.getUint32(from + b));
+    for (; b < n; b++) o[to + b] = src[from + b];
+  }
+
+  /** Appends the packet written at out.arena[at..at+len) as out's next entry (packet i's metadata, `encap` bytes longer). */
+  private commitOut(batch: Batch, i: number, out: Batch, at: number, len: number, encap: number): void {
+    const k = out.count;
     out.off[k] = at;
     out.capLen[k] = len;
-    out.origLen[k] = batch.origLen[i] + 20;
+    out.origLen[k] = batch.origLen[i] + encap;
     out.tsSec[k] = batch.tsSec[i];
     out.tsNsec[k] = batch.tsNsec[i];
     out.linkType[k] = batch.linkType[i];
@@ -1661,7 +1693,6 @@ export class Distributor {
     out.used = at + len;
     out.count = k + 1;
     this.outKind[k] = H_ROUTED;
-    return true;
   }
   /**
    * GUE (draft-ietf-intarea-gue) over UDP over IPv4: writes [link header]
@@ -1707,39 +1738,15 @@ export class Distributor {
     const at = out.used;
     if (k >= out.capacity || at + len > out.arena.length || tot + encap > 0xffff) return false;
     const o = out.arena;
-    for (let b = 0; b < l3Rel; b++) o[at + b] = src[po + b];
-    if (this.tHasMac[t] !== 0 && batch.linkType[i] === 1 && l3Rel >= 14) {
-      const mo = t * 6, tMac = this.tMac;
-      for (let b = 0; b < 6; b++) o[at + b] = tMac[mo + b];
-    }
+    this.copyLinkHeader(batch, i, l3Rel, t, o, at);
     const h = at + l3Rel;
     const outerTot = tot + encap;
     const udpLen = outerTot - 20;
-    const id = this.ipId;
-    this.ipId = (id + 1) & 0xffff;
     const tos = src[l3 + 1], df = src[l3 + 6] & 0x40;
-    const a = this.localAddress, d = this.tAddr[t];
-    o[h] = 0x45;
-    o[h + 1] = tos;
-    o[h + 2] = outerTot >>> 8;
-    o[h + 3] = outerTot & 0xff;
-    o[h + 4] = id >>> 8;
-    o[h + 5] = id & 0xff;
-    o[h + 6] = df;
-    o[h + 7] = 0;
-    o[h + 8] = TTL_OUTER;
-    o[h + 9] = PROTO_UDP;
+    const id = this.outerIpv4(o, h, tos, outerTot, df, PROTO_UDP, t);
     const ipc = ~fold(this.tGueIpSum[t] + tos + outerTot + id + (df << 8)) & 0xffff;
     o[h + 10] = ipc >>> 8;
     o[h + 11] = ipc & 0xff;
-    o[h + 12] = a >>> 24;
-    o[h + 13] = (a >>> 16) & 0xff;
-    o[h + 14] = (a >>> 8) & 0xff;
-    o[h + 15] = a & 0xff;
-    o[h + 16] = d >>> 24;
-    o[h + 17] = (d >>> 16) & 0xff;
-    o[h + 18] = (d >>> 8) & 0xff;
-    o[h + 19] = d & 0xff;
     const u = h + 20;
     const sport = 0xc000 | (hash >>> 18);
     const dport = this.tGuePort[t];
@@ -1758,22 +1765,14 @@ export class Distributor {
       o[u + 11] = 0;
     }
     const ib = u + 8 + gueLen;
-    if (src !== this.srcArena) {
-      this.srcArena = src;
-      this.srcView = new DataView(src.buffer, src.byteOffset, src.length);
-    }
-    if (o !== this.outArena) {
-      this.outArena = o;
-      this.outView = new DataView(o.buffer, o.byteOffset, o.length);
-    }
-    const sv = this.srcView, ov = this.outView;
-    const e4 = innerCap & ~3;
-    let b = 0;
     if ((gf & GUE_CSUM) === 0 || innerCap !== tot) {
       // No checksum, or an inner packet not captured whole (no sum can cover bytes we do not have).
-      for (; b < e4; b += 4) ov.setUint32(ib + b, sv.getUint32(l3 + b));
-      for (; b < innerCap; b++) o[ib + b] = src[l3 + b];
+      this.copyInner(src, l3, o, ib, innerCap);
     } else {
+      this.refreshViews(src, o);
+      const sv = this.srcView, ov = this.outView;
+      const e4 = innerCap & ~3;
+      let b = 0;
       // The inner packet starts an even number of bytes into the UDP header
       // (8 or 12), so its 16-bit words are the checksum's words. At most
       // 16,384 words of 32 bits, each adding < 2^17: the sum stays below 2^32.
@@ -1800,17 +1799,7 @@ export class Distributor {
       o[u + 6] = c >>> 8;
       o[u + 7] = c & 0xff;
     }
-    out.off[k] = at;
-    out.capLen[k] = len;
-    out.origLen[k] = batch.origLen[i] + encap;
-    out.tsSec[k] = batch.tsSec[i];
-    out.tsNsec[k] = batch.tsNsec[i];
-    out.linkType[k] = batch.linkType[i];
-    out.port[k] = batch.port[i];
-    out.verdict[k] = V_FORWARD;
-    out.used = at + len;
-    out.count = k + 1;
-    this.outKind[k] = H_ROUTED;
+    this.commitOut(batch, i, out, at, len, encap);
     return true;
   }
 }
