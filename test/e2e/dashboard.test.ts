@@ -144,7 +144,7 @@ t.test('dashboard in chromium against a live appliance', { skip: why ? `dashboar
     await page.waitForFunction(() => /^\(\d+/.test(document.getElementById('nat-matched')!.textContent ?? ''), null, { timeout: 5000 });
     await page.waitForTimeout(1300);
     t.match((await page.textContent('#nat')) ?? '', LAB.client, 'searching for the client finds it');
-    await page.fill('#nat-search', '203.0.113.77');
+    await page.fill('#nat-search', '198.18.250.77');
     await page.waitForFunction(() => (document.getElementById('nat')!.textContent ?? '').includes('no mapping matches'), null, { timeout: 5000 });
     t.pass('an address nobody has matches nothing');
     await page.fill('#nat-search', '');
