@@ -70,7 +70,7 @@ const S_OK = ParseStatus.OK;
 const V_FORWARD = Verdict.FORWARD;
 const V_DROP = Verdict.DROP;
 const V_HOLD = Verdict.HOLD;
-const TCP_RST_BYTES = icmpBuilder.TCP_RST_BYTES, ORIGINATED_TTL = icmpBuilder.ORIGINATED_TTL;
+const TCP_RST_BYTES = icmpBuilder.TCP_RST_BYTES, encodeTcpRstFor = icmpBuilder.encodeTcpRstFor;
 const PROTO_TCP = 6;
 const PROTO_UDP = 17;
 const PROTO_IPIP = 4;
@@ -356,68 +356,6 @@ function actionOf(name: unknown, where: string, allowQueue: boolean): number {
   const ok = allowQueue ? ['queue', 'redispatch', 'backup', 'reject'] : ['redispatch', 'backup', 'reject'];
   if (typeof name !== 'string' || !ok.includes(name)) throw new RangeError(`${where} must be one of ${ok.map((x) => `'${x}'`).join(', ')}, got ${JSON.stringify(name)}`);
   return ACTION_OF[name as LimitActionName];
-}
-
-/**
- * The reset refusing the SYN (no ACK) whose IPv4 header is at `l3` of `seg`
- * (captured to `capEnd`), written at `at` of `o`: RFC 9293 3.10.7.1, a
- * segment without ACK gets <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>, SEG.LEN
- * counting the SYN (and a FIN) and any data (TCP Fast Open); from the
- * address:port the SYN was sent to (the VIP), TTL 64, DF. The same packet
- * as nat/icmp-builder's encodeTcpRstFor, written with int32 arithmetic only:
- * that one passes uint32 addresses (doubles) to helpers, which boxes them
- * per call, and refused SYNs can come at packet rate. Returns
- * TCP_RST_BYTES, or 0 when the TCP header was not captured.
- */
-function writeSynReset(seg: Buffer, l3: number, capEnd: number, o: Buffer, at: number): number {
-  const ihl = (seg[l3] & 15) << 2, t = l3 + ihl;
-  if (t + 20 > capEnd) return 0;
-  let len = ((seg[l3 + 2] << 8) | seg[l3 + 3]) - ihl - ((seg[t + 12] >>> 4) << 2);
-  if (len < 0) len = 0;
-  len += 1 + (seg[t + 13] & TCP_FIN);
-  const ack = (((seg[t + 4] << 24) | (seg[t + 5] << 16) | (seg[t + 6] << 8) | seg[t + 7]) + len) | 0;
-  o[at] = 0x45;
-  o[at + 1] = 0;
-  o[at + 2] = 0;
-  o[at + 3] = TCP_RST_BYTES;
-  o[at + 4] = 0;
-  o[at + 5] = 0;
-  o[at + 6] = 0x40; // DF: a reset is never worth fragmenting
-  o[at + 7] = 0;
-  o[at + 8] = ORIGINATED_TTL;
-  o[at + 9] = PROTO_TCP;
-  o[at + 10] = 0;
-  o[at + 11] = 0;
-  for (let b = 0; b < 4; b++) {
-    o[at + 12 + b] = seg[l3 + 16 + b];
-    o[at + 16 + b] = seg[l3 + 12 + b];
-  }
-  const h = at + 20;
-  o[h] = seg[t + 2];
-  o[h + 1] = seg[t + 3];
-  o[h + 2] = seg[t];
-  o[h + 3] = seg[t + 1];
-  for (let b = 4; b < 8; b++) o[h + b] = 0;
-  o[h + 8] = ack >>> 24;
-  o[h + 9] = (ack >>> 16) & 0xff;
-  o[h + 10] = (ack >>> 8) & 0xff;
-  o[h + 11] = ack & 0xff;
-  o[h + 12] = 5 << 4;
-  o[h + 13] = TCP_RST | TCP_ACK;
-  for (let b = 14; b < 20; b++) o[h + b] = 0;
-  // RFC 1071 over the IP header, then over the pseudo header (RFC 9293 3.1) and the TCP header.
-  let sum = 0;
-  for (let b = 0; b < 20; b += 2) sum += (o[at + b] << 8) | o[at + b + 1];
-  let c = ~fold(sum) & 0xffff;
-  o[at + 10] = c >>> 8;
-  o[at + 11] = c & 0xff;
-  sum = PROTO_TCP + 20;
-  for (let b = 12; b < 20; b += 2) sum += (o[at + b] << 8) | o[at + b + 1];
-  for (let b = 0; b < 20; b += 2) sum += (o[h + b] << 8) | o[h + b + 1];
-  c = ~fold(sum) & 0xffff;
-  o[h + 16] = c >>> 8;
-  o[h + 17] = c & 0xff;
-  return TCP_RST_BYTES;
 }
 
 /** flowHash4 of maglev.ts, written over module-local mix32/fmix32 (same value). */
@@ -1417,7 +1355,7 @@ export class Distributor {
       return;
     }
     const at = out.used;
-    const n = writeSynReset(arena, l3, capEnd, out.arena, at);
+    const n = encodeTcpRstFor(arena, l3, capEnd, out.arena, at);
     if (n === 0) return;
     this.rstTokens -= 1;
     const k = out.count;

@@ -164,8 +164,8 @@ export function encodeTcpRst(
   const t = off + IP_HDR;
   put16(buf, t, sport);
   put16(buf, t + 2, dport);
-  put32(buf, t + 4, seq >>> 0);
-  put32(buf, t + 8, withAck ? ack >>> 0 : 0);
+  put32(buf, t + 4, seq | 0);
+  put32(buf, t + 8, withAck ? ack | 0 : 0);
   buf[t + 12] = 5 << 4;
   buf[t + 13] = withAck ? 0x14 : 0x04; // RST(+ACK)
   put16(buf, t + 14, 0);
@@ -196,12 +196,15 @@ export function encodeTcpRstFor(seg: Buffer, l3: number, capEnd: number, buf: Bu
   const tot = (seg[l3 + 2] << 8) | seg[l3 + 3];
   const doff = (seg[t + 12] >>> 4) << 2;
   const dataLen = Math.max(0, tot - hl - doff);
-  const src = ((seg[l3 + 12] << 24) | (seg[l3 + 13] << 16) | (seg[l3 + 14] << 8) | seg[l3 + 15]) >>> 0;
-  const dst = ((seg[l3 + 16] << 24) | (seg[l3 + 17] << 16) | (seg[l3 + 18] << 8) | seg[l3 + 19]) >>> 0;
+  // Int32 bit patterns throughout (not >>> 0 doubles): no number is boxed
+  // on the way to the writers, so a reset costs no allocation (resets can
+  // come at packet rate from the distributor's limits and the guard).
+  const src = (seg[l3 + 12] << 24) | (seg[l3 + 13] << 16) | (seg[l3 + 14] << 8) | seg[l3 + 15];
+  const dst = (seg[l3 + 16] << 24) | (seg[l3 + 17] << 16) | (seg[l3 + 18] << 8) | seg[l3 + 19];
   const sport = (seg[t] << 8) | seg[t + 1], dport = (seg[t + 2] << 8) | seg[t + 3];
-  const sseq = ((seg[t + 4] << 24) | (seg[t + 5] << 16) | (seg[t + 6] << 8) | seg[t + 7]) >>> 0;
-  const sack = ((seg[t + 8] << 24) | (seg[t + 9] << 16) | (seg[t + 10] << 8) | seg[t + 11]) >>> 0;
+  const sseq = (seg[t + 4] << 24) | (seg[t + 5] << 16) | (seg[t + 6] << 8) | seg[t + 7];
+  const sack = (seg[t + 8] << 24) | (seg[t + 9] << 16) | (seg[t + 10] << 8) | seg[t + 11];
   if ((flags & 0x10) !== 0) return encodeTcpRst(dst, src, dport, sport, sack, 0, false, buf, off);
   const segLen = dataLen + ((flags & 0x02) !== 0 ? 1 : 0) + ((flags & 0x01) !== 0 ? 1 : 0);
-  return encodeTcpRst(dst, src, dport, sport, 0, (sseq + segLen) >>> 0, true, buf, off);
+  return encodeTcpRst(dst, src, dport, sport, 0, (sseq + segLen) | 0, true, buf, off);
 }
